@@ -1,0 +1,158 @@
+"""Training monitors: kNN on a labelled validation split and representation collapse."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("selfsup.train")
+
+
+def backbone_knn_scores(
+    backbone: nn.Module,
+    preprocess: Callable[[Tensor], Tensor],
+    bank: Any,
+    queries: Any,
+    *,
+    k: list[int],
+    temperature: float = 0.1,
+    precision: str = "32-true",
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """kNN scores of ``backbone`` features: labelled ``bank`` votes for ``queries``.
+
+    Both datasets hold ``images`` (uint8 [N, C, H, W]) and ``labels``. Cosine similarity,
+    exp(sim / temperature) weighted vote, for every k in ``k``.
+    """
+    from selfsup.eval import extract_features, knn_evaluate
+
+    bank_f = extract_features(
+        backbone, bank.images, preprocess, batch_size=batch_size, precision=precision
+    )
+    query_f = extract_features(
+        backbone, queries.images, preprocess, batch_size=batch_size, precision=precision
+    )
+    num_classes = int(max(int(bank.labels.max()), int(queries.labels.max())) + 1)
+    return knn_evaluate(
+        bank_f,
+        bank.labels,
+        query_f,
+        queries.labels,
+        k=list(k),
+        temperature=temperature,
+        num_classes=num_classes,
+    )
+
+
+class KNNMonitor(L.Callback):
+    """Logs ``val/knn{k}_{macro_f1,balanced_accuracy,accuracy}`` every ``every_n_epochs`` epochs.
+
+    Every rank computes the same scores (evaluation data is small next to training), so
+    Lightning's EarlyStopping can read them on all ranks.
+    """
+
+    def __init__(
+        self,
+        bank: Any,
+        queries: Any,
+        *,
+        k: list[int],
+        temperature: float = 0.1,
+        every_n_epochs: int = 1,
+        precision: str = "32-true",
+    ) -> None:
+        self.bank = bank
+        self.queries = queries
+        self.k = list(k)
+        self.temperature = temperature
+        self.every_n_epochs = max(1, every_n_epochs)
+        self.precision = precision
+        self.history: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        last_epoch = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % self.every_n_epochs and not last_epoch:
+            return
+        start = time.perf_counter()
+        method = pl_module.method
+        scores = backbone_knn_scores(
+            method.backbone,
+            method.views.preprocess,
+            self.bank,
+            self.queries,
+            k=self.k,
+            temperature=self.temperature,
+            precision=self.precision,
+        )
+        pl_module.log_dict({f"val/{key}": value for key, value in scores.items()}, sync_dist=False)
+        self.history.append({"epoch": epoch, **scores})
+        main = f"knn{self.k[0]}_macro_f1"
+        log.info(
+            "epoch %d: kNN %s = %.4f (%.1f s)", epoch, main, scores[main], time.perf_counter() - start
+        )
+
+
+class CollapseMonitor(L.Callback):
+    """Warns (once per epoch) when ``train/collapse_std`` falls below ``threshold``.
+
+    collapse_std is the std of L2-normalised projections scaled by sqrt(D): ~1 when spread,
+    0 when every sample maps to the same point (SimSiam/FastSiam collapse late on wafer maps).
+    """
+
+    def __init__(self, threshold: float = 0.02) -> None:
+        self.threshold = threshold
+        self.collapsed_epochs: list[int] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("train/collapse_std")
+        if value is None:
+            return
+        value = float(value)
+        if value < self.threshold:
+            self.collapsed_epochs.append(trainer.current_epoch)
+            log.warning(
+                "epoch %d: representation collapse suspected (collapse_std %.4f < %.4f)",
+                trainer.current_epoch,
+                value,
+                self.threshold,
+            )
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs ``train/images_per_s`` per epoch (raw images per second, all ranks together)."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._images = 0
+        self.last: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._images = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        self._images += images.shape[0] * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        elapsed = time.perf_counter() - self._start
+        if self._images and elapsed > 0:
+            self.last = self._images / elapsed
+            pl_module.log("train/images_per_s", self.last)
+
+
+class EpochSeed(L.Callback):
+    """Reshuffles the batch loader each epoch (our loader is not a torch Sampler)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(trainer.current_epoch)

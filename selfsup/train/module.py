@@ -1,0 +1,102 @@
+"""The thin LightningModule around any Method: views, training_loss, on_train_step_end, logs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from selfsup.methods.base import Method
+from selfsup.train.optim import build_optimizer, warmup_cosine
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; training stops and the last good checkpoint is kept."""
+
+
+class PretrainModule(L.LightningModule):
+    """Trains ``method`` with the trainer never special-casing a method.
+
+    One step: ``views = method.views(batch)`` (outside autocast, on the device) ->
+    ``method.training_loss(views)`` -> NaN/Inf guard -> optimizer step ->
+    ``method.on_train_step_end(progress)``.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        *,
+        optimizer: str = "sgd",
+        lr: float = 0.06,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        warmup_steps: int = 0,
+        total_steps: int = 1,
+        channels_last: bool = False,
+        build_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.method = method
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.warmup_steps = warmup_steps
+        self.total_steps = max(1, total_steps)
+        self.channels_last = channels_last
+        # enough to rebuild the method from a checkpoint alone
+        self.save_hyperparameters({"build_config": build_config or {}})
+
+    def _images(self, batch: Any) -> Tensor:
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images = self._images(batch)
+        # Views are data preparation: keep them out of autocast so geometric ops stay exact.
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            views = self.method.views(images)
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        out = self.method.training_loss(views)
+        loss = out.loss
+        if not torch.isfinite(loss.detach()).item():
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                "stopped. Lower the learning rate or use precision=32-true; the last good "
+                "checkpoint is kept"
+            )
+        batch_size = images.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        for key, value in out.logs.items():
+            self.log(f"train/{key}", value, batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.method.on_train_step_end(min(1.0, self.global_step / self.total_steps))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(
+            self.optimizer_name,
+            self.method,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+        )
+        warmup, total = self.warmup_steps, self.total_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, warmup)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def total_training_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
+    total = steps_per_epoch * epochs
+    return min(total, max_steps) if max_steps else total
+
+
+def warmup_steps_for(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    return min(total_steps // 2, math.ceil(warmup_epochs * steps_per_epoch))

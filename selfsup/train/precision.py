@@ -1,0 +1,45 @@
+"""Choosing numeric precision and memory format for the hardware at hand."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+PRECISIONS = ("auto", "bf16-mixed", "16-mixed", "32-true", "32")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> bf16-mixed where the device computes bf16 natively, else 16-mixed on older
+    CUDA GPUs, else 32-true."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision != "auto":
+        return "32-true" if precision == "32" else precision
+    if accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+
+
+def resolve_channels_last(
+    channels_last: bool | None, backbone_name: str, precision: str, accelerator: str = "auto"
+) -> bool:
+    """channels_last for conv nets on CPU (oneDNN's NHWC kernels: 1.3-2x here, fp32 and bf16
+    alike, see docs/benchmarks.md) and under mixed precision on GPUs (tensor-core NHWC kernels)."""
+    if channels_last is not None:
+        return channels_last
+    if not backbone_name.startswith(("resnet", "cifar_resnet", "convnet")):
+        return False
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return precision != "32-true" or not on_gpu

@@ -1,0 +1,344 @@
+"""``selfsup.pretrain``: build the method and data from a config and train with Lightning."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+import selfsup
+from selfsup.config import PretrainConfig, load_yaml, resolve_config
+from selfsup.train.callbacks import (
+    CollapseMonitor,
+    EpochSeed,
+    KNNMonitor,
+    ThroughputMonitor,
+    backbone_knn_scores,
+)
+from selfsup.train.checkpoint import AtomicCheckpointIO
+from selfsup.train.module import PretrainModule, total_training_steps, warmup_steps_for
+from selfsup.train.optim import scaled_lr
+from selfsup.train.precision import resolve_channels_last, resolve_precision
+from selfsup.train.runfolder import new_run_dir, read_summary, write_config, write_summary
+
+log = logging.getLogger("selfsup.train")
+
+RUN_DIR_ENV = "SELFSUP_RUN_DIR"  # lets DDP worker processes find the folder rank 0 made
+
+
+class _BatchDataModule(L.LightningDataModule):
+    """Hands Lightning a loader of whole uint8 batches, sharded by the trainer's rank."""
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int, num_workers: int) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.seed, self.num_workers = (
+            dataset,
+            batch_size,
+            seed,
+            num_workers,
+        )
+        self.loader: Any = None
+
+    def train_dataloader(self) -> Any:
+        from selfsup.data import make_dataloader
+
+        self.loader = make_dataloader(
+            self.dataset,
+            self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            seed=self.seed,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        return self.loader
+
+
+def _as_config(config: Any, kwargs: dict[str, Any]) -> PretrainConfig:
+    if isinstance(config, PretrainConfig):
+        return PretrainConfig.from_dict({**config.to_dict(), **kwargs})
+    if isinstance(config, dict):
+        return PretrainConfig.from_dict({**config, **kwargs})
+    if isinstance(config, (str, Path)):
+        return resolve_config(config, **kwargs)
+    return resolve_config(None, **kwargs)
+
+
+def _resume_target(resume: str, out: str) -> tuple[Path, Path]:
+    """(run folder, checkpoint) for ``resume`` = a run folder or a .ckpt file."""
+    path = Path(resume)
+    if path.is_file() and path.suffix == ".ckpt":
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run_dir, path
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"resume: run folder '{path}' has no checkpoints/last.ckpt")
+        return path, ckpt
+    raise FileNotFoundError(f"resume: '{resume}' is neither a run folder nor a .ckpt file")
+
+
+def _monitor_data(cfg: PretrainConfig, train: Any) -> tuple[Any, Any] | tuple[None, None]:
+    """(labelled bank, labelled queries) for the kNN monitor, or (None, None) when unlabelled."""
+    from selfsup.data import load_dataset
+
+    if cfg.data in ("wafers", "wm811k"):
+        if cfg.val_split is None:
+            return None, None
+        queries = load_dataset(cfg.data, image_size=cfg.image_size, split=cfg.val_split)
+        bank = train
+    elif cfg.val_data:
+        queries = load_dataset(cfg.val_data, image_size=cfg.image_size, in_channels=cfg.in_channels)
+        bank = train
+    else:
+        return None, None
+    if bank.labels is None or queries.labels is None:
+        return None, None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.knn_max_train and len(bank) > cfg.knn_max_train:
+        bank = bank.subset(torch.randperm(len(bank), generator=generator)[: cfg.knn_max_train])
+    if cfg.knn_max_val and len(queries) > cfg.knn_max_val:
+        queries = queries.subset(torch.randperm(len(queries), generator=generator)[: cfg.knn_max_val])
+    return bank, queries
+
+
+def build_method(cfg: PretrainConfig, train: Any) -> Any:
+    in_channels = cfg.in_channels or train.in_channels
+    if in_channels != train.in_channels:
+        raise ValueError(
+            f"in_channels={cfg.in_channels} but the data '{cfg.data}' has {train.in_channels} channel(s)"
+        )
+    return selfsup.build(
+        cfg.method,
+        backbone=cfg.backbone,
+        in_channels=in_channels,
+        image_size=cfg.image_size,
+        view_style=cfg.view_style or train.style,
+        backbone_kwargs=dict(cfg.backbone_kwargs),
+        **cfg.method_kwargs,
+    )
+
+
+def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
+    """Pretrain a method; returns ``(method, run_dir)``.
+
+    ``config`` is a PretrainConfig, a dict, a YAML path or None; keyword arguments override it.
+    ``resume`` (a run folder or .ckpt) continues a killed run with that run's saved config.
+    """
+    from selfsup.data import load_dataset
+
+    cfg = _as_config(config, kwargs)
+    resume_ckpt: Path | None = None
+    run_dir: Path | None = Path(os.environ[RUN_DIR_ENV]) if RUN_DIR_ENV in os.environ else None
+    if cfg.resume:
+        run_dir, resume_ckpt = _resume_target(cfg.resume, cfg.out)
+        saved = {k: v for k, v in load_yaml(run_dir / "config.yaml").items()}
+        # the saved run's settings win, except how long to train and where the devices are
+        keep = {"epochs", "max_steps", "devices", "num_nodes", "accelerator", "progress_bar"}
+        cfg = PretrainConfig.from_dict(
+            {**saved, **{k: v for k, v in cfg.to_dict().items() if k in keep}, "resume": None},
+            source=str(run_dir / "config.yaml"),
+        )
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    split = cfg.train_split if cfg.data in ("wafers", "wm811k") else None
+    train = load_dataset(
+        cfg.data, image_size=cfg.image_size, in_channels=cfg.in_channels, split=split
+    )
+    method = build_method(cfg, train)
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    channels_last = resolve_channels_last(cfg.channels_last, cfg.backbone, precision, cfg.accelerator)
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    bank, queries = _monitor_data(cfg, train)
+    knn_precision = "bf16-mixed" if precision == "bf16-mixed" else "32-true"
+
+    callbacks: list[L.Callback] = [ThroughputMonitor(), CollapseMonitor(cfg.collapse_threshold)]
+    monitor_key = None
+    if bank is not None:
+        callbacks.append(
+            KNNMonitor(
+                bank,
+                queries,
+                k=cfg.knn_k,
+                temperature=cfg.knn_temperature,
+                every_n_epochs=cfg.knn_every_n_epochs,
+                precision=knn_precision,
+            )
+        )
+        monitor_key = f"val/knn{cfg.knn_k[0]}_macro_f1"
+        if cfg.early_stopping_patience:
+            callbacks.append(
+                EarlyStopping(monitor_key, mode="max", patience=cfg.early_stopping_patience)
+            )
+
+    trainer_probe_world = _expected_world_size(cfg)
+    if run_dir is None:
+        default_name = f"{cfg.method}-{cfg.backbone}"
+        run_dir = new_run_dir(cfg.out, cfg.name, default_name)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks.append(
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1)
+    )
+    if monitor_key:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor=monitor_key,
+                mode="max",
+                save_top_k=1,
+                enable_version_counter=False,
+                auto_insert_metric_name=False,
+            )
+        )
+    datamodule = _BatchDataModule(train, cfg.batch_size, cfg.seed, cfg.num_workers)
+    callbacks.append(_LoaderEpochSeed(datamodule))
+
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy="ddp" if trainer_probe_world > 1 else "auto",
+        sync_batchnorm=trainer_probe_world > 1,
+        precision=precision,
+        max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(run_dir, name="", version=""),
+            TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+        ],
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        default_root_dir=run_dir,
+    )
+    world = trainer.world_size
+    steps_per_epoch = len(train) // (cfg.batch_size * world)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} x {world} device(s) is larger than the "
+            f"{len(train)} images of '{cfg.data}'; lower --batch-size"
+        )
+    total_steps = total_training_steps(steps_per_epoch, cfg.epochs, cfg.max_steps)
+    lr = scaled_lr(cfg.lr, cfg.batch_size * world, cfg.lr_scaling)
+    build_config = {"method": cfg.method, **method.hyperparameters()}
+    module = PretrainModule(
+        method,
+        optimizer=cfg.optimizer,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        warmup_steps=warmup_steps_for(cfg.warmup_epochs, steps_per_epoch, total_steps),
+        total_steps=total_steps,
+        channels_last=channels_last,
+        build_config=build_config,
+    )
+
+    summary = read_summary(run_dir) if resume_ckpt else {}
+    if trainer.is_global_zero and not resume_ckpt:
+        write_config(
+            run_dir,
+            cfg.to_dict(),
+            {
+                "seed": cfg.seed,
+                "precision": precision,
+                "channels_last": channels_last,
+                "world_size": world,
+                "lr_scaled": lr,
+                "steps_per_epoch": steps_per_epoch,
+                "total_steps": total_steps,
+                "train_images": len(train),
+                "method_hyperparameters": method.hyperparameters(),
+            },
+        )
+    if bank is not None and "random_init" not in summary:
+        summary["random_init"] = backbone_knn_scores(
+            method.backbone,
+            method.views.preprocess,
+            bank,
+            queries,
+            k=cfg.knn_k,
+            temperature=cfg.knn_temperature,
+            precision=knn_precision,
+        )
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    elapsed = time.perf_counter() - start
+
+    if trainer.is_global_zero:
+        _finish_run(run_dir, trainer, module, cfg, summary, elapsed, callbacks)
+    return module.method, run_dir
+
+
+class _LoaderEpochSeed(EpochSeed):
+    """EpochSeed that finds the loader the datamodule built at fit time."""
+
+    def __init__(self, datamodule: _BatchDataModule) -> None:
+        super().__init__(None)
+        self.datamodule = datamodule
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.loader = self.datamodule.loader
+        super().on_train_epoch_start(trainer, pl_module)
+
+
+def _expected_world_size(cfg: PretrainConfig) -> int:
+    devices = cfg.devices
+    if isinstance(devices, str):
+        if devices == "auto":
+            count = torch.cuda.device_count() if cfg.accelerator in ("auto", "gpu", "cuda") else 1
+            return max(1, count) * cfg.num_nodes
+        devices = len(devices.split(",")) if "," in devices else int(devices)
+    return max(1, int(devices)) * cfg.num_nodes
+
+
+def _finish_run(
+    run_dir: Path,
+    trainer: L.Trainer,
+    module: PretrainModule,
+    cfg: PretrainConfig,
+    summary: dict[str, Any],
+    elapsed: float,
+    callbacks: list[L.Callback],
+) -> None:
+    from selfsup.export import export_backbone
+
+    method = module.method
+    export_backbone(method, run_dir)
+    for cb in callbacks:
+        if isinstance(cb, KNNMonitor) and cb.history:
+            summary["pretrained"] = {k: v for k, v in cb.history[-1].items() if k != "epoch"}
+            summary["knn_history"] = summary.get("knn_history", []) + cb.history
+        if isinstance(cb, ThroughputMonitor) and cb.last:
+            summary["images_per_s"] = cb.last
+        if isinstance(cb, CollapseMonitor):
+            summary["collapse_warnings_epochs"] = cb.collapsed_epochs
+    summary.update(
+        {
+            "method": cfg.method,
+            "backbone": cfg.backbone,
+            "epochs_completed": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "train_seconds": summary.get("train_seconds", 0.0) + elapsed,
+        }
+    )
+    write_summary(run_dir, summary)
+    from selfsup.train.report import write_run_report
+
+    write_run_report(run_dir, summary)

@@ -1,0 +1,141 @@
+"""Trainer behaviour: run folder contents, NaN guard, atomic checkpoints, kill-and-resume."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+import selfsup
+from selfsup.train.checkpoint import atomic_torch_save
+from selfsup.train.module import NonFiniteLossError, PretrainModule
+
+
+def tiny_config(train, val, out, **extra):
+    cfg = dict(
+        method="simclr",
+        backbone="convnet_tiny",
+        backbone_kwargs={"width": 4},
+        method_kwargs={"proj_hidden_dim": 32, "proj_dim": 16},
+        data=str(train),
+        val_data=str(val),
+        image_size=16,
+        epochs=2,
+        batch_size=16,
+        precision="32-true",
+        out=str(out),
+        name="run",
+        knn_k=[3],
+        progress_bar=False,
+        log_every_n_steps=1,
+    )
+    cfg.update(extra)
+    return cfg
+
+
+def test_pretrain_writes_self_describing_run_folder(labelled_npz, tmp_path):
+    train, val = labelled_npz
+    method, run = selfsup.pretrain(tiny_config(train, val, tmp_path))
+    for name in ("config.yaml", "provenance.json", "metrics.csv", "summary.json", "report.md",
+                 "backbone.safetensors", "backbone.json", "checkpoints/last.ckpt",
+                 "checkpoints/best.ckpt"):
+        assert (run / name).is_file(), name
+    assert (run / "tensorboard").is_dir()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["method"] == "simclr" and config["seed"] == 0
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["versions"]["torch"] == torch.__version__
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 * (96 // 16)
+    assert set(summary["random_init"]) == set(summary["pretrained"])
+    assert "knn3_macro_f1" in summary["pretrained"]
+    metrics = (run / "metrics.csv").read_text()
+    assert "train/loss" in metrics and "train/collapse_std" in metrics and "val/knn3_macro_f1" in metrics
+    assert not list(run.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_batch_larger_than_data_is_named(labelled_npz, tmp_path):
+    train, val = labelled_npz
+    with pytest.raises(ValueError, match="batch"):
+        selfsup.pretrain(tiny_config(train, val, tmp_path, batch_size=512))
+
+
+def test_nan_loss_stops_with_clear_message():
+    method = selfsup.build("simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4},
+                           image_size=16, proj_hidden_dim=16, proj_dim=8)
+    real = method.training_loss
+
+    def poisoned(views):
+        out = real(views)
+        out.loss = out.loss * float("nan")
+        return out
+
+    method.training_loss = poisoned
+    module = PretrainModule(method, total_steps=4)
+    loader = torch.utils.data.DataLoader(
+        torch.randint(0, 255, (32, 3, 16, 16), dtype=torch.uint8), batch_size=8
+    )
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 0"):
+        trainer.fit(module, loader)
+
+
+def test_atomic_save_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"a": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_torch_save({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, json
+    import lightning as L
+    import selfsup.train.pretrain as P
+
+    class KillMidEpoch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 2:
+                os._exit(9)  # like SIGKILL: no clean-up, no final checkpoint
+
+    real_trainer = L.Trainer
+    def trainer_with_kill(*args, **kwargs):
+        kwargs["callbacks"] = kwargs["callbacks"] + [KillMidEpoch()]
+        return real_trainer(*args, **kwargs)
+    P.L.Trainer = trainer_with_kill
+    P.pretrain(json.loads(sys.argv[1]))
+    """
+)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_checkpoint(labelled_npz, tmp_path):
+    train, val = labelled_npz
+    cfg = tiny_config(train, val, tmp_path, epochs=3)
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    run = tmp_path / "run"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 6  # end of the first epoch
+    assert not (run / "summary.json").exists()
+
+    method, resumed = selfsup.pretrain(resume=str(run), progress_bar=False)
+    assert resumed == run
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 * 6 and summary["epochs_completed"] == 3
+    assert not list(run.rglob("*.tmp*"))

@@ -1,0 +1,77 @@
+import pytest
+import torch
+from torch import nn
+
+from selfsup.train.optim import LARS, build_optimizer, parameter_groups, scaled_lr, warmup_cosine
+from selfsup.train.precision import resolve_channels_last, resolve_precision
+
+
+def test_scaled_lr_rules():
+    assert scaled_lr(0.1, 512, "linear") == pytest.approx(0.2)
+    assert scaled_lr(0.1, 1024, "sqrt") == pytest.approx(0.2)
+    assert scaled_lr(0.1, 1024, "none") == 0.1
+    with pytest.raises(ValueError, match="lr_scaling"):
+        scaled_lr(0.1, 256, "cubic")
+
+
+def test_warmup_cosine_shape():
+    total, warm = 100, 10
+    assert warmup_cosine(0, total, warm) == pytest.approx(0.1)
+    assert warmup_cosine(9, total, warm) == pytest.approx(1.0)
+    assert warmup_cosine(10, total, warm) == pytest.approx(1.0)
+    assert warmup_cosine(55, total, warm) == pytest.approx(0.5)
+    assert warmup_cosine(100, total, warm) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(100, total, warm, final_fraction=0.1) == pytest.approx(0.1)
+
+
+def test_parameter_groups_exclude_bias_and_norm_from_decay():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    decay, no_decay = parameter_groups(net, 0.5)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_lars_step_matches_hand_computation():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
+    w.grad = torch.tensor([0.6, 0.8])  # ||g|| = 1
+    opt = LARS([{"params": [w], "weight_decay": 0.0}], lr=1.0, momentum=0.9, trust_coefficient=0.1)
+    opt.step()
+    # trust = 0.1 * 5 / 1 = 0.5; update = lr * 0.5 * g
+    assert torch.allclose(w.detach(), torch.tensor([3.0 - 0.3, 4.0 - 0.4]), atol=1e-6)
+    w.grad = torch.tensor([0.6, 0.8])
+    before = w.detach().clone()
+    opt.step()
+    # momentum buffer = 0.9 * 0.5 g + trust' g, trust' = 0.1 * ||w'|| / 1
+    trust2 = 0.1 * before.norm().item()
+    expected = before - (0.9 * 0.5 + trust2) * torch.tensor([0.6, 0.8])
+    assert torch.allclose(w.detach(), expected, atol=1e-6)
+
+
+def test_lars_excluded_group_is_plain_sgd():
+    b = nn.Parameter(torch.tensor([1.0]))
+    b.grad = torch.tensor([2.0])
+    opt = LARS([{"params": [b], "weight_decay": 0.0, "lars_exclude": True}], lr=0.1)
+    opt.step()
+    assert b.item() == pytest.approx(1.0 - 0.2)
+
+
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("lars", LARS), ("adamw", torch.optim.AdamW)])
+def test_build_optimizer(name, cls):
+    net = nn.Linear(3, 2)
+    opt = build_optimizer(name, net, lr=0.1, weight_decay=1e-4)
+    assert isinstance(opt, cls)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        build_optimizer("rmsprop", net, lr=0.1, weight_decay=0)
+
+
+def test_precision_resolution():
+    assert resolve_precision("32", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert resolve_precision("auto", "cpu") in ("bf16-mixed", "32-true")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", "cpu")
+    assert resolve_channels_last(None, "resnet18", "bf16-mixed") is True
+    assert resolve_channels_last(None, "convnet_small", "32-true", "cpu") is True
+    assert resolve_channels_last(None, "convnet_small", "32-true", "gpu") is False
+    assert resolve_channels_last(None, "timm/vit_tiny", "bf16-mixed") is False
+    assert resolve_channels_last(False, "resnet18", "bf16-mixed") is False
