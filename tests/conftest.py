@@ -22,3 +22,9 @@ def labelled_npz(tmp_path: Path):
         return path
 
     return make("train", 96, 0), make("val", 48, 1)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Decoded-image caches go to a temporary folder, never to ~/.cache/selfsup."""
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path_factory.mktemp("cache")))

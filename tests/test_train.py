@@ -138,4 +138,5 @@ def test_killed_run_resumes_from_last_checkpoint(labelled_npz, tmp_path):
     assert resumed == run
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 * 6 and summary["epochs_completed"] == 3
+    assert (run / "metrics.part0.csv").is_file()  # the killed part's metrics are kept
     assert not list(run.rglob("*.tmp*"))

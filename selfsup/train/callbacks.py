@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -147,12 +148,12 @@ class ThroughputMonitor(L.Callback):
             pl_module.log("train/images_per_s", self.last)
 
 
-class EpochSeed(L.Callback):
-    """Reshuffles the batch loader each epoch (our loader is not a torch Sampler)."""
+class LastCheckpoint(L.Callback):
+    """Writes ``last.ckpt`` at the end of every epoch (atomically, through the trainer's
+    checkpoint IO), after the monitors have logged. A killed run resumes from it."""
 
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(trainer.current_epoch)
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)

@@ -17,8 +17,8 @@ import selfsup
 from selfsup.config import PretrainConfig, load_yaml, resolve_config
 from selfsup.train.callbacks import (
     CollapseMonitor,
-    EpochSeed,
     KNNMonitor,
+    LastCheckpoint,
     ThroughputMonitor,
     backbone_knn_scores,
 )
@@ -44,12 +44,11 @@ class _BatchDataModule(L.LightningDataModule):
             seed,
             num_workers,
         )
-        self.loader: Any = None
-
     def train_dataloader(self) -> Any:
         from selfsup.data import make_dataloader
 
-        self.loader = make_dataloader(
+        # the loader shards by rank itself; Lightning reshuffles it through sampler.set_epoch
+        return make_dataloader(
             self.dataset,
             self.batch_size,
             shuffle=True,
@@ -60,7 +59,6 @@ class _BatchDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
-        return self.loader
 
 
 def _as_config(config: Any, kwargs: dict[str, Any]) -> PretrainConfig:
@@ -186,10 +184,12 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         default_name = f"{cfg.method}-{cfg.backbone}"
         run_dir = new_run_dir(cfg.out, cfg.name, default_name)
     os.environ[RUN_DIR_ENV] = str(run_dir)
+    if resume_ckpt and (run_dir / "metrics.csv").is_file() and _is_main_process():
+        # Lightning's CSV logger starts metrics.csv afresh: keep the killed part's rows
+        part = len(list(run_dir.glob("metrics.part*.csv")))
+        (run_dir / "metrics.csv").rename(run_dir / f"metrics.part{part}.csv")
     ckpt_dir = run_dir / "checkpoints"
-    callbacks.append(
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1)
-    )
+    callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt"))
     if monitor_key:
         callbacks.append(
             ModelCheckpoint(
@@ -203,7 +203,6 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
             )
         )
     datamodule = _BatchDataModule(train, cfg.batch_size, cfg.seed, cfg.num_workers)
-    callbacks.append(_LoaderEpochSeed(datamodule))
 
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
@@ -278,7 +277,12 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         )
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    try:
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None
+        )
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)  # only DDP workers started by this fit may read it
     elapsed = time.perf_counter() - start
 
     if trainer.is_global_zero:
@@ -286,16 +290,8 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     return module.method, run_dir
 
 
-class _LoaderEpochSeed(EpochSeed):
-    """EpochSeed that finds the loader the datamodule built at fit time."""
-
-    def __init__(self, datamodule: _BatchDataModule) -> None:
-        super().__init__(None)
-        self.datamodule = datamodule
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.loader = self.datamodule.loader
-        super().on_train_epoch_start(trainer, pl_module)
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
 def _expected_world_size(cfg: PretrainConfig) -> int:

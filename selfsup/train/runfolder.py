@@ -23,7 +23,7 @@ def versions() -> dict[str, str]:
 
     import selfsup
 
-    return {
+    found = {
         "selfsup": selfsup.__version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -31,6 +31,7 @@ def versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "python": platform.python_version(),
     }
+    return {name: str(version) for name, version in found.items()}  # TorchVersion -> str
 
 
 def git_commit() -> str | None:

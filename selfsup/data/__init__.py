@@ -1,0 +1,31 @@
+"""Data sources decoded once to a fixed-size uint8 tensor, and loaders that only index it.
+
+```
+data = load_dataset("wafers", image_size=32, split="train")   # or a folder, or a .npy/.npz
+data.images            # uint8 [N, C, S, S]; data.labels int64 [N] or None
+loader = make_dataloader(data, batch_size=256, rank=0, world_size=1)
+```
+"""
+
+from selfsup.data.arrays import load_arrays
+from selfsup.data.check import check_data, format_check
+from selfsup.data.dataset import ImageDataset, load_dataset
+from selfsup.data.folders import IMAGE_EXTENSIONS, list_image_files, load_image_folder
+from selfsup.data.loader import BatchLoader, EpochDataLoader, make_dataloader
+from selfsup.data.wafers import load_wafer_subset, nearest_resize
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "BatchLoader",
+    "EpochDataLoader",
+    "ImageDataset",
+    "check_data",
+    "format_check",
+    "list_image_files",
+    "load_arrays",
+    "load_dataset",
+    "load_image_folder",
+    "load_wafer_subset",
+    "make_dataloader",
+    "nearest_resize",
+]

@@ -1,0 +1,176 @@
+"""``selfsup data check PATH``: what a data source holds, without decoding it all.
+
+Image folders: only file headers are read (PIL opens lazily), so sizes and modes come cheap;
+a file whose header cannot be read is listed as unreadable. Files with a readable header but
+corrupt pixel data are found only when the folder is loaded (and then skipped).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from selfsup.data.dataset import spec_kind
+
+_TOP_SIZES = 3
+_SHOWN_UNREADABLE = 10
+
+
+def _size_stats(sizes: Counter[tuple[int, int]], image_size: int | None) -> dict[str, Any]:
+    """Sizes as (height, width): ranges, most common, and how many would be upscaled."""
+    if not sizes:
+        return {}
+    heights = [h for h, _ in sizes]
+    widths = [w for _, w in sizes]
+    stats: dict[str, Any] = {
+        "distinct": len(sizes),
+        "height": [min(heights), max(heights)],
+        "width": [min(widths), max(widths)],
+        "most_common": [[h, w, c] for (h, w), c in sizes.most_common(_TOP_SIZES)],
+    }
+    if image_size is not None:
+        stats["smaller_than_image_size"] = sum(
+            c for (h, w), c in sizes.items() if min(h, w) < image_size
+        )
+    return stats
+
+
+def _count_names(values: Iterable[int], names: list[str] | None) -> dict[str, int]:
+    counts = Counter(int(v) for v in values)
+    if names is None:
+        return {str(k): counts[k] for k in sorted(counts)}
+    return {name: counts.get(i, 0) for i, name in enumerate(names)}
+
+
+def _check_wafers(image_size: int | None) -> dict[str, Any]:
+    from selfsup.data.wafers import SPLITS, packaged_path, read_wafer_file
+
+    raw = read_wafer_file(str(packaged_path()))
+    names = [str(c) for c in raw["class_names"]]
+    return {
+        "kind": "built-in wafer maps (WM-811K clean subset)",
+        "total": int(len(raw["labels"])),
+        "splits": {short: int(np.sum(raw["split"] == long)) for short, long in SPLITS.items()},
+        "class_counts": _count_names(raw["labels"], names),
+        "channels": {"1 (codes 0 off-wafer, 1 pass, 2 fail)": int(len(raw["labels"]))},
+        "sizes": _size_stats(Counter(map(tuple, raw["shapes"].tolist())), image_size),
+    }
+
+
+def _check_folder(root: Path, image_size: int | None) -> dict[str, Any]:
+    from selfsup.data.folders import folder_labels, is_labelled_layout, scan_folder
+
+    files, hidden, other = scan_folder(root)
+    sizes: Counter[tuple[int, int]] = Counter()
+    modes: Counter[str] = Counter()
+    unreadable: list[str] = []
+    for rel in files:
+        try:
+            with Image.open(root / rel) as img:  # lazy: reads the header only
+                sizes[(img.height, img.width)] += 1
+                modes[img.mode] += 1
+        except Exception as err:  # any failure means "unreadable"
+            unreadable.append(f"{rel} ({type(err).__name__})")
+    labelled = is_labelled_layout(files)
+    report: dict[str, Any] = {
+        "kind": "image folder, " + ("labelled (one class per subfolder)" if labelled else "flat"),
+        "total": len(files),
+        "class_counts": None,
+        "channels": dict(modes.most_common()),
+        "sizes": _size_stats(sizes, image_size),
+        "unreadable": unreadable,
+        "hidden_skipped": hidden,
+        "other_files": other,
+    }
+    if labelled:
+        labels, names = folder_labels(files)
+        report["class_counts"] = _count_names(labels, names)
+    return report
+
+
+def _check_arrays(path: Path, image_size: int | None) -> dict[str, Any]:
+    from selfsup.data.arrays import read_array_file, to_channels_first, to_label_indices
+
+    raw, labels, class_names = read_array_file(path)
+    report: dict[str, Any] = {
+        "kind": f"arrays ({path.suffix.lower()[1:]})",
+        "total": int(raw.shape[0]) if raw.ndim else 0,
+        "stored_shape": list(raw.shape),
+        "dtype": str(raw.dtype),
+        "value_range": [raw.min().item(), raw.max().item()] if raw.size else None,
+        "class_counts": None,
+    }
+    images = to_channels_first(raw, str(path))
+    report["channels"] = {str(images.shape[1]): int(images.shape[0])}
+    report["sizes"] = _size_stats(Counter({tuple(images.shape[-2:]): images.shape[0]}), image_size)
+    if labels is not None:
+        indices, names = to_label_indices(labels, class_names, len(images), str(path))
+        report["class_counts"] = _count_names(indices, names)
+    return report
+
+
+def check_data(spec: str, image_size: int | None = None) -> dict[str, Any]:
+    """Counts (total, per class), sizes (height x width: ranges, most common), channels or
+    PIL modes, unreadable files and hidden entries skipped. ``image_size`` adds how many
+    images are smaller than it (they would be upscaled)."""
+    spec = str(spec)
+    kind = spec_kind(spec)
+    if kind == "wafers":
+        report = _check_wafers(image_size)
+    elif kind == "folder":
+        report = _check_folder(Path(spec).expanduser(), image_size)
+    else:
+        report = _check_arrays(Path(spec).expanduser(), image_size)
+    report = {"spec": spec, **report}
+    if image_size is not None:
+        report["image_size"] = image_size
+    return report
+
+
+def format_check(report: dict[str, Any]) -> str:
+    """The report as aligned text lines for the terminal."""
+    lines = [f"{report['spec']}: {report['kind']}", f"  images:       {report['total']:,}"]
+    for key in ("stored_shape", "dtype", "value_range"):
+        if key in report:
+            lines.append(f"  {key + ':':<13} {report[key]}")
+    if report.get("splits"):
+        lines.append(
+            "  splits:       " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items())
+        )
+    if report.get("class_counts"):
+        total = max(1, sum(report["class_counts"].values()))
+        lines.append(f"  classes:      {len(report['class_counts'])}")
+        for name, count in report["class_counts"].items():
+            lines.append(f"    {name:<20} {count:>9,}  {100 * count / total:5.1f} %")
+    elif report.get("class_counts") is None:
+        lines.append("  classes:      none (unlabelled)")
+    channels = ", ".join(f"{k} x{v:,}" for k, v in report.get("channels", {}).items())
+    lines.append(f"  channels:     {channels or '-'}")
+    sizes = report.get("sizes") or {}
+    if sizes:
+        common = ", ".join(f"{h}x{w} x{c:,}" for h, w, c in sizes["most_common"])
+        lines.append(
+            f"  sizes (HxW):  {sizes['distinct']} distinct; height {sizes['height'][0]}.."
+            f"{sizes['height'][1]}, width {sizes['width'][0]}..{sizes['width'][1]}; "
+            f"most common {common}"
+        )
+        if "smaller_than_image_size" in sizes:
+            lines.append(
+                f"  below {report['image_size']} px: {sizes['smaller_than_image_size']:,} "
+                "(would be upscaled)"
+            )
+    if "hidden_skipped" in report:
+        lines.append(f"  hidden skipped: {report['hidden_skipped']:,}")
+        lines.append(f"  other files:  {report['other_files']:,} (not images, ignored)")
+    unreadable = report.get("unreadable") or []
+    lines.append(f"  unreadable:   {len(unreadable):,}")
+    for item in unreadable[:_SHOWN_UNREADABLE]:
+        lines.append(f"    {item}")
+    if len(unreadable) > _SHOWN_UNREADABLE:
+        lines.append(f"    ... and {len(unreadable) - _SHOWN_UNREADABLE:,} more")
+    return "\n".join(lines)

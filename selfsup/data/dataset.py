@@ -1,0 +1,206 @@
+"""``ImageDataset``: images decoded once to a fixed-size uint8 tensor, plus ``load_dataset``.
+
+Every source (built-in wafer maps, an image folder, a .npy/.npz file) ends up as one
+``ImageDataset`` holding ``images`` uint8 [N, C, S, S]. Loaders only index it; augmentation
+happens later on whole batches, on the training device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+STYLES = ("natural", "wafer")
+WAFER_SPECS = ("wafers", "wm811k")
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+Index = int | slice | Sequence[int] | np.ndarray | Tensor
+
+
+class ImageDataset:
+    """Fixed-size uint8 images with optional integer labels.
+
+    images: uint8 [N, C, S, S] (contiguous; may be backed by a memory-mapped cache file).
+    labels: int64 [N] indices into ``class_names``, or None for unlabelled data.
+    names: one path or id per image, or None. style: "natural" or "wafer" (which view
+    recipe fits the data). source: a human description ("image folder 'data/x'").
+    skipped: files that could not be read (image folders only).
+    """
+
+    def __init__(
+        self,
+        images: Tensor | np.ndarray,
+        labels: Tensor | np.ndarray | Sequence[int] | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+        style: str = "natural",
+        source: str = "arrays",
+        skipped: Sequence[str] | None = None,
+    ) -> None:
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"{source}: images must be a uint8 tensor [N, C, S, S], "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        if images.shape[2] != images.shape[3]:
+            raise ValueError(f"{source}: images must be square, got {tuple(images.shape)}")
+        if style not in STYLES:
+            raise ValueError(f"{source}: style must be one of {STYLES}, got '{style}'")
+        n = images.shape[0]
+        if labels is not None:
+            labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+            if labels.shape != (n,):
+                raise ValueError(
+                    f"{source}: labels must have shape ({n},), got {tuple(labels.shape)}"
+                )
+        if names is not None and len(names) != n:
+            raise ValueError(f"{source}: {len(names)} names for {n} images")
+        self.images: Tensor = images.contiguous()
+        self.labels: Tensor | None = labels
+        self.class_names: list[str] | None = list(class_names) if class_names is not None else None
+        self.names: list[str] | None = list(names) if names is not None else None
+        self.style = style
+        self.source = source
+        self.skipped: list[str] = list(skipped or [])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: Index) -> Tensor | tuple[Tensor, Tensor]:
+        """``images[index]``, or ``(images[index], labels[index])`` when the data is labelled."""
+        if isinstance(index, (list, tuple, np.ndarray)):
+            index = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+        images = self.images[index]
+        if self.labels is None:
+            return images
+        return images, self.labels[index]
+
+    def subset(self, indices: Index) -> ImageDataset:
+        """A new dataset holding the images at ``indices`` (copied), same classes and style."""
+        if isinstance(indices, slice):
+            index = torch.arange(len(self))[indices]
+        else:
+            index = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
+        names = [self.names[i] for i in index.tolist()] if self.names is not None else None
+        return ImageDataset(
+            self.images.index_select(0, index),
+            self.labels.index_select(0, index) if self.labels is not None else None,
+            class_names=self.class_names,
+            names=names,
+            style=self.style,
+            source=f"{self.source} (subset of {len(index)})",
+        )
+
+    @property
+    def num_classes(self) -> int | None:
+        """len(class_names), else max label + 1, else None (unlabelled)."""
+        if self.class_names is not None:
+            return len(self.class_names)
+        if self.labels is not None and len(self.labels):
+            return int(self.labels.max()) + 1
+        return None
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[2])
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class name (class index as a string when there are no names)."""
+        if self.labels is None:
+            return {}
+        counts = torch.bincount(self.labels, minlength=self.num_classes or 0).tolist()
+        names = self.class_names or [str(i) for i in range(len(counts))]
+        return {name: int(c) for name, c in zip(names, counts, strict=True)}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "style": self.style,
+            "size": len(self),
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "class_counts": self.class_counts(),
+            "skipped": len(self.skipped),
+            "megabytes": round(self.images.numel() / 2**20, 1),
+        }
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"ImageDataset({s['source']}: {s['size']} x {s['in_channels']}x{s['image_size']}"
+            f"x{s['image_size']} uint8, style={s['style']}, classes={s['num_classes']})"
+        )
+
+
+def spec_kind(spec: str) -> str:
+    """What a data spec names: "wafers", "folder" or "arrays" (errors name the spec)."""
+    if spec.lower() in WAFER_SPECS:
+        return "wafers"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() in ARRAY_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"data file '{spec}' does not exist")
+        return "arrays"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data '{spec}' not found: expected 'wafers' (built-in), an image folder, "
+            "or a .npy/.npz file"
+        )
+    raise ValueError(
+        f"data '{spec}' is a file but not .npy/.npz: expected 'wafers' (built-in), "
+        "an image folder, or a .npy/.npz file"
+    )
+
+
+def load_dataset(
+    spec: str,
+    *,
+    image_size: int,
+    in_channels: int | None = None,
+    split: str | list[str] | None = None,
+) -> ImageDataset:
+    """Load any data source at ``image_size`` x ``image_size``.
+
+    spec: "wafers"/"wm811k" (built-in WM-811K subset; ``split`` defaults to "train"),
+    an image folder (``in_channels`` picks the decode mode: 1 grayscale, 3 RGB; default 3),
+    or a .npy/.npz file. For wafers and arrays, an ``in_channels`` that differs from the
+    data's raises ValueError naming both.
+    """
+    spec = str(spec)
+    kind = spec_kind(spec)
+    if split is not None and kind != "wafers":
+        raise ValueError(
+            f"split='{split}' applies to the built-in wafers only, not to the {kind} '{spec}'"
+        )
+    if kind == "wafers":
+        from selfsup.data.wafers import load_wafer_subset
+
+        dataset = load_wafer_subset(split or "train", image_size=image_size)
+    elif kind == "folder":
+        from selfsup.data.folders import load_image_folder
+
+        return load_image_folder(spec, image_size, in_channels=in_channels or 3)
+    else:
+        from selfsup.data.arrays import load_arrays
+
+        dataset = load_arrays(spec, image_size=image_size)
+    if in_channels is not None and in_channels != dataset.in_channels:
+        raise ValueError(
+            f"in_channels={in_channels} but the data '{spec}' has {dataset.in_channels} channel(s)"
+        )
+    return dataset
