@@ -46,7 +46,7 @@ def list_methods() -> dict[str, dict[str, Any]]:
 
 
 def pretrain(config: Any = None, **kwargs: Any):
-    """Pretrain with the Lightning trainer; returns ``(method, run_dir)``. See ``PretrainConfig``."""
+    """Pretrain with the Lightning trainer; returns ``(method, run_dir)`` (see PretrainConfig)."""
     from selfsup.train.pretrain import pretrain as _pretrain
 
     return _pretrain(config, **kwargs)

@@ -14,7 +14,7 @@ import numpy as np
 EXIT_USER_ERROR = 2
 
 
-# --- loading what a path points at -----------------------------------------------------------------
+# --- loading what a path points at ---------------------------------------------------------
 
 
 def load_trained(path: str | Path, checkpoint: str = "auto") -> tuple[Any, Any, dict[str, Any]]:
@@ -145,15 +145,21 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
         "k": args.k,
         "temperature": args.temperature,
         "bank": {"data": args.data, "split": args.bank_split, "size": len(bank)},
-        "queries": {"data": args.query_data or args.data, "split": args.split, "size": len(queries)},
+        "queries": {
+            "data": args.query_data or args.data,
+            "split": args.split,
+            "size": len(queries),
+        },
         "scores": scores,
     }
-    print(f"| metric | value |\n|---|---|")
+    print("| metric | value |\n|---|---|")
     for key, value in scores.items():
         print(f"| {key} | {value:.4f} |")
     run = Path(args.run)
     if run.is_dir():
-        atomic_write_text(run / f"eval_knn_{args.split or 'data'}.json", json.dumps(result, indent=2))
+        atomic_write_text(
+            run / f"eval_knn_{args.split or 'data'}.json", json.dumps(result, indent=2)
+        )
     return 0
 
 
@@ -297,13 +303,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: bool) -> None:
+    """selfsup's own messages on stderr; Lightning keeps its handler, minus its advertising."""
+    logger = logging.getLogger("selfsup")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    quiet_lightning()
+
+
+def quiet_lightning() -> None:
+    import warnings
+
+    # the run folder holds config.yaml before the CSV logger starts; that is intended
+    warnings.filterwarnings(
+        "ignore", message="Experiment logs directory .* exists and is not empty"
+    )
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.verbose)
     from selfsup.train.module import NonFiniteLossError
 
     try:

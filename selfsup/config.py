@@ -29,7 +29,7 @@ class PretrainConfig:
     image_size: int = 32
     in_channels: int | None = None  # None: what the data has
     view_style: str | None = None  # natural | wafer; None: what the data is
-    epochs: int = 6
+    epochs: int = 3
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
     batch_size: int = 256
     optimizer: str = "sgd"  # sgd | lars | adamw
@@ -46,7 +46,9 @@ class PretrainConfig:
     seed: int = 0
     out: str = "runs"
     name: str | None = None  # run folder name; default <method>-<backbone>-<timestamp>
-    resume: str | None = None  # a run folder or checkpoint; "auto" resumes the run folder's last.ckpt
+    resume: str | None = (
+        None  # a run folder or checkpoint; "auto" resumes the run folder's last.ckpt
+    )
     knn_k: list[int] = field(default_factory=lambda: [5, 200])
     knn_temperature: float = 0.1
     knn_every_n_epochs: int = 1

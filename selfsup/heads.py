@@ -56,7 +56,7 @@ class DINOHead(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         dims = [in_dim, hidden_dim, hidden_dim]
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
             layers.append(nn.Linear(a, b))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(b))

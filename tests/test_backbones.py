@@ -71,7 +71,14 @@ def test_mlp_layout():
     head = mlp(8, 16, 4, num_layers=3, last_norm=True)
     kinds = [type(m).__name__ for m in head]
     assert kinds == [
-        "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+        "BatchNorm1d",
     ]
     assert head[0].bias is None and head[-2].bias is None
     plain = mlp(8, 16, 4, batch_norm=False)

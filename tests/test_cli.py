@@ -13,11 +13,34 @@ from selfsup.export import load_method_from_checkpoint
 
 def pretrain_args(train, val, out, *extra):
     return [
-        "pretrain", "--method", "simsiam", "--backbone", "convnet_tiny", "--data", str(train),
-        "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--precision", "32-true",
-        "--out", str(out), "--name", "cli", "--no-progress",
-        "--set", "backbone_kwargs.width=4", "--set", f"val_data={val}",
-        "--set", "method_kwargs={proj_dim: 32, pred_hidden_dim: 8}", "--set", "knn_k=[3]",
+        "pretrain",
+        "--method",
+        "simsiam",
+        "--backbone",
+        "convnet_tiny",
+        "--data",
+        str(train),
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--precision",
+        "32-true",
+        "--out",
+        str(out),
+        "--name",
+        "cli",
+        "--no-progress",
+        "--set",
+        "backbone_kwargs.width=4",
+        "--set",
+        f"val_data={val}",
+        "--set",
+        "method_kwargs={proj_dim: 32, pred_hidden_dim: 8}",
+        "--set",
+        "knn_k=[3]",
         *extra,
     ]
 
@@ -29,8 +52,23 @@ def test_cli_end_to_end(labelled_npz, tmp_path, capsys):
     assert "random init macro-F1" in out and "k=3" in out
     run = tmp_path / "cli"
 
-    assert main(["eval", "knn", str(run), "--data", str(train), "--query-data", str(val),
-                 "--k", "3", "7"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "knn",
+                str(run),
+                "--data",
+                str(train),
+                "--query-data",
+                str(val),
+                "--k",
+                "3",
+                "7",
+            ]
+        )
+        == 0
+    )
     scores = json.loads((run / "eval_knn_val.json").read_text())["scores"]
     assert {"knn3_macro_f1", "knn7_balanced_accuracy"} <= set(scores)
 
@@ -54,8 +92,16 @@ def test_cli_end_to_end(labelled_npz, tmp_path, capsys):
 def test_cli_lists_methods_and_backbones(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("simclr", "mocov2", "byol", "simsiam", "fastsiam", "barlow_twins", "dino",
-                 "rotnet"):
+    for name in (
+        "simclr",
+        "mocov2",
+        "byol",
+        "simsiam",
+        "fastsiam",
+        "barlow_twins",
+        "dino",
+        "rotnet",
+    ):
         assert f"{name}:" in out
     assert main(["backbones"]) == 0
     assert "convnet_small" in capsys.readouterr().out

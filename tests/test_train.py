@@ -40,9 +40,17 @@ def tiny_config(train, val, out, **extra):
 def test_pretrain_writes_self_describing_run_folder(labelled_npz, tmp_path):
     train, val = labelled_npz
     method, run = selfsup.pretrain(tiny_config(train, val, tmp_path))
-    for name in ("config.yaml", "provenance.json", "metrics.csv", "summary.json", "report.md",
-                 "backbone.safetensors", "backbone.json", "checkpoints/last.ckpt",
-                 "checkpoints/best.ckpt"):
+    for name in (
+        "config.yaml",
+        "provenance.json",
+        "metrics.csv",
+        "summary.json",
+        "report.md",
+        "backbone.safetensors",
+        "backbone.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+    ):
         assert (run / name).is_file(), name
     assert (run / "tensorboard").is_dir()
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -54,7 +62,11 @@ def test_pretrain_writes_self_describing_run_folder(labelled_npz, tmp_path):
     assert set(summary["random_init"]) == set(summary["pretrained"])
     assert "knn3_macro_f1" in summary["pretrained"]
     metrics = (run / "metrics.csv").read_text()
-    assert "train/loss" in metrics and "train/collapse_std" in metrics and "val/knn3_macro_f1" in metrics
+    assert (
+        "train/loss" in metrics
+        and "train/collapse_std" in metrics
+        and "val/knn3_macro_f1" in metrics
+    )
     assert not list(run.rglob("*.tmp*")), "temporary files left behind"
 
 
@@ -65,8 +77,14 @@ def test_batch_larger_than_data_is_named(labelled_npz, tmp_path):
 
 
 def test_nan_loss_stops_with_clear_message():
-    method = selfsup.build("simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4},
-                           image_size=16, proj_hidden_dim=16, proj_dim=8)
+    method = selfsup.build(
+        "simclr",
+        backbone="convnet_tiny",
+        backbone_kwargs={"width": 4},
+        image_size=16,
+        proj_hidden_dim=16,
+        proj_dim=8,
+    )
     real = method.training_loss
 
     def poisoned(views):
@@ -79,8 +97,13 @@ def test_nan_loss_stops_with_clear_message():
     loader = torch.utils.data.DataLoader(
         torch.randint(0, 255, (32, 3, 16, 16), dtype=torch.uint8), batch_size=8
     )
-    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 0"):
         trainer.fit(module, loader)
 
@@ -126,8 +149,12 @@ KILL_SCRIPT = textwrap.dedent(
 def test_killed_run_resumes_from_last_checkpoint(labelled_npz, tmp_path):
     train, val = labelled_npz
     cfg = tiny_config(train, val, tmp_path, epochs=3)
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 9, proc.stderr[-2000:]
     run = tmp_path / "run"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)

@@ -55,7 +55,9 @@ def test_lars_excluded_group_is_plain_sgd():
     assert b.item() == pytest.approx(1.0 - 0.2)
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("lars", LARS), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, cls", [("sgd", torch.optim.SGD), ("lars", LARS), ("adamw", torch.optim.AdamW)]
+)
 def test_build_optimizer(name, cls):
     net = nn.Linear(3, 2)
     opt = build_optimizer(name, net, lr=0.1, weight_decay=1e-4)

@@ -119,7 +119,9 @@ class Method(nn.Module):
         finally:
             self.backbone.train(was_training)
 
-    def backbone_forward(self, views: list[Tensor], encoder: nn.Module | None = None) -> list[Tensor]:
+    def backbone_forward(
+        self, views: list[Tensor], encoder: nn.Module | None = None
+    ) -> list[Tensor]:
         """Run ``encoder`` (default: the backbone) on every view, one pass per distinct size.
 
         Views of equal shape are concatenated so BatchNorm and the matmuls see one big batch.
@@ -130,8 +132,10 @@ class Method(nn.Module):
         for i, v in enumerate(views):
             by_shape.setdefault(tuple(v.shape[1:]), []).append(i)
         for indices in by_shape.values():
-            batch = torch.cat([views[i] for i in indices]) if len(indices) > 1 else views[indices[0]]
-            for i, chunk in zip(indices, encoder(batch).chunk(len(indices))):
+            batch = (
+                torch.cat([views[i] for i in indices]) if len(indices) > 1 else views[indices[0]]
+            )
+            for i, chunk in zip(indices, encoder(batch).chunk(len(indices)), strict=True):
                 outputs[i] = chunk
         return outputs  # type: ignore[return-value]
 
@@ -166,9 +170,9 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- momentum * target + (1 - momentum) * online, for parameters and float buffers."""
-    for t, o in zip(target.parameters(), online.parameters()):
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
+    for t, o in zip(target.buffers(), online.buffers(), strict=True):
         if t.dtype.is_floating_point:
             t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
         else:

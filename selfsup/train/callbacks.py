@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from torch import Tensor, nn
 
 log = logging.getLogger("selfsup.train")
@@ -96,7 +95,11 @@ class KNNMonitor(L.Callback):
         self.history.append({"epoch": epoch, **scores})
         main = f"knn{self.k[0]}_macro_f1"
         log.info(
-            "epoch %d: kNN %s = %.4f (%.1f s)", epoch, main, scores[main], time.perf_counter() - start
+            "epoch %d: kNN %s = %.4f (%.1f s)",
+            epoch,
+            main,
+            scores[main],
+            time.perf_counter() - start,
         )
 
 

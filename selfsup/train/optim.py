@@ -1,4 +1,4 @@
-"""Optimizers (SGD, LARS, AdamW), parameter groups and the warmup + cosine learning-rate schedule."""
+"""Optimizers (SGD, LARS, AdamW), parameter groups and the warmup + cosine LR schedule."""
 
 from __future__ import annotations
 
@@ -117,7 +117,9 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer '{name}' (known: {', '.join(OPTIMIZERS)})")
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, final_fraction: float = 0.0) -> float:
+def warmup_cosine(
+    step: int, total_steps: int, warmup_steps: int, final_fraction: float = 0.0
+) -> float:
     """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to
     ``final_fraction`` at ``total_steps`` (Loshchilov & Hutter 2017, without restarts)."""
     if warmup_steps > 0 and step < warmup_steps:

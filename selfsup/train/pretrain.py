@@ -44,6 +44,7 @@ class _BatchDataModule(L.LightningDataModule):
             seed,
             num_workers,
         )
+
     def train_dataloader(self) -> Any:
         from selfsup.data import make_dataloader
 
@@ -69,6 +70,19 @@ def _as_config(config: Any, kwargs: dict[str, Any]) -> PretrainConfig:
     if isinstance(config, (str, Path)):
         return resolve_config(config, **kwargs)
     return resolve_config(None, **kwargs)
+
+
+def _explicit_keys(config: Any, kwargs: dict[str, Any]) -> set[str]:
+    """Keys the caller set (not defaults): these may override a resumed run's saved config."""
+    keys = set(kwargs)
+    if isinstance(config, dict):
+        keys |= set(config)
+    elif isinstance(config, PretrainConfig):
+        default = PretrainConfig().to_dict()
+        keys |= {k for k, v in config.to_dict().items() if v != default[k]}
+    elif isinstance(config, (str, Path)):
+        keys |= set(load_yaml(config))
+    return keys
 
 
 def _resume_target(resume: str, out: str) -> tuple[Path, Path]:
@@ -105,7 +119,9 @@ def _monitor_data(cfg: PretrainConfig, train: Any) -> tuple[Any, Any] | tuple[No
     if cfg.knn_max_train and len(bank) > cfg.knn_max_train:
         bank = bank.subset(torch.randperm(len(bank), generator=generator)[: cfg.knn_max_train])
     if cfg.knn_max_val and len(queries) > cfg.knn_max_val:
-        queries = queries.subset(torch.randperm(len(queries), generator=generator)[: cfg.knn_max_val])
+        queries = queries.subset(
+            torch.randperm(len(queries), generator=generator)[: cfg.knn_max_val]
+        )
     return bank, queries
 
 
@@ -113,7 +129,8 @@ def build_method(cfg: PretrainConfig, train: Any) -> Any:
     in_channels = cfg.in_channels or train.in_channels
     if in_channels != train.in_channels:
         raise ValueError(
-            f"in_channels={cfg.in_channels} but the data '{cfg.data}' has {train.in_channels} channel(s)"
+            f"in_channels={cfg.in_channels} but the data '{cfg.data}' has "
+            f"{train.in_channels} channel(s)"
         )
     return selfsup.build(
         cfg.method,
@@ -135,6 +152,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     from selfsup.data import load_dataset
 
     cfg = _as_config(config, kwargs)
+    explicit = _explicit_keys(config, kwargs)
     resume_ckpt: Path | None = None
     run_dir: Path | None = Path(os.environ[RUN_DIR_ENV]) if RUN_DIR_ENV in os.environ else None
     if cfg.resume:
@@ -142,8 +160,9 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         saved = {k: v for k, v in load_yaml(run_dir / "config.yaml").items()}
         # the saved run's settings win, except how long to train and where the devices are
         keep = {"epochs", "max_steps", "devices", "num_nodes", "accelerator", "progress_bar"}
+        given = {k: v for k, v in cfg.to_dict().items() if k in keep & explicit}
         cfg = PretrainConfig.from_dict(
-            {**saved, **{k: v for k, v in cfg.to_dict().items() if k in keep}, "resume": None},
+            {**saved, **given, "resume": None},
             source=str(run_dir / "config.yaml"),
         )
 
@@ -154,7 +173,9 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     )
     method = build_method(cfg, train)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    channels_last = resolve_channels_last(cfg.channels_last, cfg.backbone, precision, cfg.accelerator)
+    channels_last = resolve_channels_last(
+        cfg.channels_last, cfg.backbone, precision, cfg.accelerator
+    )
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     bank, queries = _monitor_data(cfg, train)

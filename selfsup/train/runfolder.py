@@ -71,7 +71,9 @@ def write_config(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -
     }
     text = yaml.safe_dump(config, sort_keys=False)
     text += "\n# provenance (ignored when the file is used as --config)\n"
-    text += "\n".join("# " + line for line in yaml.safe_dump(provenance, sort_keys=False).splitlines())
+    text += "\n".join(
+        "# " + line for line in yaml.safe_dump(provenance, sort_keys=False).splitlines()
+    )
     atomic_write_text(run_dir / "config.yaml", text + "\n")
     atomic_write_text(run_dir / "provenance.json", json.dumps(provenance, indent=2) + "\n")
 

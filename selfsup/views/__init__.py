@@ -22,8 +22,24 @@ from selfsup.views.recipes import NaturalView, ViewRecipe, WaferView, make_views
 from selfsup.views.wafer import die_flip_noise
 
 __all__ = [
-    "NaturalView", "ViewRecipe", "WaferView", "color_jitter", "die_flip_noise", "gaussian_blur",
-    "hsv_to_rgb", "make_views", "normalize", "random_flip", "random_grayscale",
-    "random_resized_crop", "random_rot90", "random_rotation", "resize", "rgb_to_hsv", "rot90_by",
-    "solarize", "to_float", "to_grayscale",
+    "NaturalView",
+    "ViewRecipe",
+    "WaferView",
+    "color_jitter",
+    "die_flip_noise",
+    "gaussian_blur",
+    "hsv_to_rgb",
+    "make_views",
+    "normalize",
+    "random_flip",
+    "random_grayscale",
+    "random_resized_crop",
+    "random_rot90",
+    "random_rotation",
+    "resize",
+    "rgb_to_hsv",
+    "rot90_by",
+    "solarize",
+    "to_float",
+    "to_grayscale",
 ]

@@ -104,7 +104,9 @@ def color_jitter(
     apply = bernoulli(b, p, x, generator)
     rgb = x.shape[1] == 3
     factors = {
-        0: uniform(b, max(0.0, 1 - brightness), 1 + brightness, x, generator) if brightness else None,
+        0: uniform(b, max(0.0, 1 - brightness), 1 + brightness, x, generator)
+        if brightness
+        else None,
         1: uniform(b, max(0.0, 1 - contrast), 1 + contrast, x, generator) if contrast else None,
         2: uniform(b, max(0.0, 1 - saturation), 1 + saturation, x, generator)
         if saturation and rgb
@@ -162,10 +164,12 @@ def gaussian_blur(
     kernels = gaussian_kernels(sigmas[idx], kernel_size).repeat_interleave(c, 0)  # [n*C, k]
     pad = kernel_size // 2
     sel = x[idx].reshape(1, n * c, h, w).float()
-    sel = F.conv2d(F.pad(sel, (pad, pad, 0, 0), mode="reflect"), kernels.view(n * c, 1, 1, -1),
-                   groups=n * c)
-    sel = F.conv2d(F.pad(sel, (0, 0, pad, pad), mode="reflect"), kernels.view(n * c, 1, -1, 1),
-                   groups=n * c)
+    sel = F.conv2d(
+        F.pad(sel, (pad, pad, 0, 0), mode="reflect"), kernels.view(n * c, 1, 1, -1), groups=n * c
+    )
+    sel = F.conv2d(
+        F.pad(sel, (0, 0, pad, pad), mode="reflect"), kernels.view(n * c, 1, -1, 1), groups=n * c
+    )
     out = x.clone()
     out[idx] = sel.view(n, c, h, w).to(x.dtype)
     return out

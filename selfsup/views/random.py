@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 
-def rand(n: int | tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def rand(
+    n: int | tuple[int, ...], like: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
     """Uniform [0, 1) floats of shape ``n`` on ``like``'s device (drawn on the generator's)."""
     shape = (n,) if isinstance(n, int) else n
     device = generator.device if generator is not None else like.device

@@ -47,7 +47,12 @@ class NaturalView:
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = geometric.random_resized_crop(
-            x, self.size, self.crop_scale, self.crop_ratio, "bilinear", self.hflip_p,
+            x,
+            self.size,
+            self.crop_scale,
+            self.crop_ratio,
+            "bilinear",
+            self.hflip_p,
             generator=generator,
         ).clamp_(0, 1)
         if self.jitter_p > 0:
@@ -82,8 +87,14 @@ class WaferView:
             x = geometric.random_flip(x, self.vflip_p, -2, generator)
         if self.crop_scale is not None:
             return geometric.random_resized_crop(
-                x, self.size, self.crop_scale, (3 / 4, 4 / 3), "nearest", self.hflip_p,
-                self.free_rotation_degrees, generator,
+                x,
+                self.size,
+                self.crop_scale,
+                (3 / 4, 4 / 3),
+                "nearest",
+                self.hflip_p,
+                self.free_rotation_degrees,
+                generator,
             )
         if self.hflip_p > 0:
             x = geometric.random_flip(x, self.hflip_p, -1, generator)
@@ -207,7 +218,9 @@ def _wafer(name: str, size: int, o: dict[str, Any]) -> tuple[list, bool]:
         return [WaferView(size) for _ in range(o.get("num_views", 4))], False
     if name == "dino":
         local = o.get("local_size") or max(8, round(size * 96 / 224))
-        globals_ = [WaferView(size, crop_scale=(0.6, 1.0)) for _ in range(o.get("num_global_crops", 2))]
+        globals_ = [
+            WaferView(size, crop_scale=(0.6, 1.0)) for _ in range(o.get("num_global_crops", 2))
+        ]
         locals_ = [
             WaferView(local, crop_scale=(0.25, 0.6)) for _ in range(o.get("num_local_crops", 6))
         ]

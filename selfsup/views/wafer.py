@@ -8,7 +8,9 @@ from torch import Tensor
 from selfsup.views.random import rand
 
 
-def die_flip_noise(codes: Tensor, p: float = 0.03, generator: torch.Generator | None = None) -> Tensor:
+def die_flip_noise(
+    codes: Tensor, p: float = 0.03, generator: torch.Generator | None = None
+) -> Tensor:
     """Swap pass <-> fail independently on each on-wafer die with probability ``p``.
 
     Off-wafer positions (0) never change; the dtype is kept. codes: [B, C, H, W] in {0, 1, 2}.
