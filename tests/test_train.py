@@ -167,3 +167,27 @@ def test_killed_run_resumes_from_last_checkpoint(labelled_npz, tmp_path):
     assert summary["steps"] == 3 * 6 and summary["epochs_completed"] == 3
     assert (run / "metrics.part0.csv").is_file()  # the killed part's metrics are kept
     assert not list(run.rglob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_on_cpu(labelled_npz, tmp_path):
+    """`--devices 2` on CPU: Lightning DDP (gloo) with SyncBatchNorm, one shared run folder."""
+    train, val = labelled_npz
+    argv = [
+        sys.executable, "-m", "selfsup.cli", "pretrain", "--method", "simclr",
+        "--backbone", "convnet_tiny", "--data", str(train), "--image-size", "16",
+        "--epochs", "1", "--batch-size", "8", "--precision", "32-true",
+        "--accelerator", "cpu", "--devices", "2", "--out", str(tmp_path), "--name", "ddp",
+        "--no-progress", "--set", "backbone_kwargs.width=4", "--set", f"val_data={val}",
+        "--set", "method_kwargs={proj_hidden_dim: 16, proj_dim: 8}", "--set", "knn_k=[3]",
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "ddp"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 96 // (8 * 2)  # each rank sees its own half of every epoch
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["world_size"] == 2
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert any("running_mean" in k for k in ckpt["state_dict"])
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["ddp"]  # no second run folder
