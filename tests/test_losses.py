@@ -41,7 +41,9 @@ def nt_xent_by_loops(z1, z2, t):
 def test_nt_xent_matches_loops():
     z1, z2 = randn(5, 3, seed=1), randn(5, 3, seed=2)
     for t in (0.5, 0.1):
-        assert nt_xent_loss(z1, z2, t).item() == pytest.approx(nt_xent_by_loops(z1, z2, t), abs=1e-9)
+        assert nt_xent_loss(z1, z2, t).item() == pytest.approx(
+            nt_xent_by_loops(z1, z2, t), abs=1e-9
+        )
 
 
 def test_nt_xent_identical_pairs_of_orthogonal_samples_closed_form():
@@ -214,7 +216,9 @@ def test_dino_update_center_is_ema_of_batch_mean():
     new = update_center(center, teacher, momentum=0.9)
     # batch mean over the 4 teacher rows = (4, 5)
     assert torch.allclose(new, torch.tensor([0.9 * 10 + 0.1 * 4, 0.9 * 20 + 0.1 * 5]))
-    assert torch.equal(center, torch.tensor([10.0, 20.0])), "update_center must not modify its input"
+    assert torch.equal(center, torch.tensor([10.0, 20.0])), (
+        "update_center must not modify its input"
+    )
 
 
 # --- precision ------------------------------------------------------------------------------------

@@ -1,15 +1,16 @@
-"""Method registry. A new method is one file here plus one import line below."""
+"""Method registry. A new method is one file here plus one line in the import below."""
 
+# importing a method's module registers it (@register in the file)
+from selfsup.methods import (  # noqa: F401
+    barlow_twins,
+    byol,
+    dino,
+    fastsiam,
+    moco,
+    rotnet,
+    simclr,
+    simsiam,
+)
 from selfsup.methods.base import METHODS, LossOutput, Method, register
-
-# one line per method file: importing it registers the method
-from selfsup.methods import simclr  # noqa: E402,F401
-from selfsup.methods import moco  # noqa: E402,F401
-from selfsup.methods import byol  # noqa: E402,F401
-from selfsup.methods import simsiam  # noqa: E402,F401
-from selfsup.methods import fastsiam  # noqa: E402,F401
-from selfsup.methods import barlow_twins  # noqa: E402,F401
-from selfsup.methods import dino  # noqa: E402,F401
-from selfsup.methods import rotnet  # noqa: E402,F401
 
 __all__ = ["METHODS", "LossOutput", "Method", "register"]

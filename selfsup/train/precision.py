@@ -20,6 +20,11 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def on_gpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` setting ends up on CUDA devices."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto`` -> bf16-mixed where the device computes bf16 natively, else 16-mixed on older
     CUDA GPUs, else 32-true."""
@@ -27,7 +32,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if precision != "auto":
         return "32-true" if precision == "32" else precision
-    if accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available()):
+    if on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_supports_bf16() else "32-true"
 
@@ -41,5 +46,4 @@ def resolve_channels_last(
         return channels_last
     if not backbone_name.startswith(("resnet", "cifar_resnet", "convnet")):
         return False
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return precision != "32-true" or not on_gpu
+    return precision != "32-true" or not on_gpu(accelerator)

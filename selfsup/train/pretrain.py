@@ -25,7 +25,7 @@ from selfsup.train.callbacks import (
 from selfsup.train.checkpoint import AtomicCheckpointIO
 from selfsup.train.module import PretrainModule, total_training_steps, warmup_steps_for
 from selfsup.train.optim import scaled_lr
-from selfsup.train.precision import resolve_channels_last, resolve_precision
+from selfsup.train.precision import on_gpu, resolve_channels_last, resolve_precision
 from selfsup.train.runfolder import new_run_dir, read_summary, write_config, write_summary
 
 log = logging.getLogger("selfsup.train")
@@ -204,7 +204,6 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     if run_dir is None:
         default_name = f"{cfg.method}-{cfg.backbone}"
         run_dir = new_run_dir(cfg.out, cfg.name, default_name)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
     if resume_ckpt and (run_dir / "metrics.csv").is_file() and _is_main_process():
         # Lightning's CSV logger starts metrics.csv afresh: keep the killed part's rows
         part = len(list(run_dir.glob("metrics.part*.csv")))
@@ -230,7 +229,8 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy="ddp" if trainer_probe_world > 1 else "auto",
-        sync_batchnorm=trainer_probe_world > 1,
+        # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics
+        sync_batchnorm=trainer_probe_world > 1 and on_gpu(cfg.accelerator),
         precision=precision,
         max_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
@@ -298,6 +298,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         )
 
     start = time.perf_counter()
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         trainer.fit(
             module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None
