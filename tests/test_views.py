@@ -241,3 +241,10 @@ def test_preprocess_is_deterministic_and_normalised():
     assert out.shape == (2, 3, 4, 4)
     assert torch.allclose(out[:, 0], torch.zeros(2, 4, 4), atol=1e-6)
     assert torch.equal(recipe.preprocess(x), out)
+
+
+def test_single_view_is_one_augmented_batch():
+    codes = torch.randint(0, 3, (5, 1, 12, 12), generator=gen(), dtype=torch.uint8)
+    recipe = make_views("fastsiam", image_size=8, in_channels=1, style="wafer")
+    out = recipe.single_view(codes)
+    assert out.shape == (5, 1, 8, 8) and set(out.unique().tolist()) <= {0.0, 0.5, 1.0}

@@ -166,6 +166,10 @@ class ViewRecipe:
             return [base] + [geometric.rot90_by(base, turns * k) for k in (1, 2, 3)]
         return out
 
+    def single_view(self, images: Tensor) -> Tensor:
+        """One augmented view per image (the recipe's first pipeline), e.g. for fine-tuning."""
+        return self._finish(self.views[0](self._check(images), self.generator))
+
     def preprocess(self, images: Tensor) -> Tensor:
         x = self._check(images)
         mode = "nearest" if self.style == "wafer" else "bilinear"
