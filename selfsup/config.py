@@ -31,6 +31,7 @@ class PretrainConfig:
     view_style: str | None = None  # natural | wafer; None: what the data is
     epochs: int = 3
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    max_minutes: float | None = None  # wall-clock guard: stop training after this long
     batch_size: int = 256
     optimizer: str = "sgd"  # sgd | lars | adamw
     lr: float = 0.06  # base learning rate for batch size 256 (see lr_scaling)

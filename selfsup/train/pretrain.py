@@ -234,6 +234,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         precision=precision,
         max_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         callbacks=callbacks,
         logger=[
             CSVLogger(run_dir, name="", version=""),

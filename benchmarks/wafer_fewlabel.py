@@ -1,0 +1,194 @@
+"""The few-label wafer benchmark (BENCHMARKS.md section 1).
+
+Pretrain without labels on the maps of the four train splits, then, with the labels of
+train_1, train_10 and train_20 in turn: linear probe, MLP probe (hidden 512, as
+fastsiam-wafers) and fine-tuning, each selected on val and scored ONCE on test (macro-F1,
+balanced accuracy, accuracy, per-class F1). Baselines in the same table: the same backbone at
+random init (probes), raw pixels (probes), supervised from scratch (fine-tuning from random
+init on the same labels).
+
+    python benchmarks/wafer_fewlabel.py --run RUN_FOLDER           # a finished `selfsup pretrain`
+    python benchmarks/wafer_fewlabel.py --pretrain --epochs 9       # pretrain first (defaults)
+    python benchmarks/wafer_fewlabel.py --run RUN --subsample 600   # quick smoke run
+
+Writes a JSON with every number (including per-class F1) next to the printed tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_line  # noqa: E402
+
+import selfsup  # noqa: E402
+from selfsup.data import load_wafer_subset  # noqa: E402
+from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
+from selfsup.eval.finetune import finetune  # noqa: E402
+from selfsup.export import load_method_from_checkpoint  # noqa: E402
+from selfsup.train.precision import resolve_precision  # noqa: E402
+
+LABEL_SPLITS = ("train_1", "train_10", "train_20")
+SPLIT_LABEL = {"train_1": "1 %", "train_10": "10 %", "train_20": "20 %"}
+
+
+def subsample(ds: Any, n: int | None, seed: int) -> Any:
+    if not n or len(ds) <= n:
+        return ds
+    return ds.subset(torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n])
+
+
+def trained_method(args: argparse.Namespace) -> tuple[Any, Path]:
+    if args.pretrain:
+        overrides = {"epochs": args.epochs, "method": args.method, "progress_bar": False}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        _, run = selfsup.pretrain(out=args.out, **overrides)
+    else:
+        run = Path(args.run)
+    best = run / "checkpoints" / "best.ckpt"
+    ckpt = best if best.is_file() else run / "checkpoints" / "last.ckpt"
+    return load_method_from_checkpoint(ckpt), ckpt
+
+
+def scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "macro_f1": metrics["macro_f1"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "accuracy": metrics["accuracy"],
+        "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
+    }
+
+
+def probe_rows(name, feats, data, num_classes, class_names, protocols) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for protocol in protocols:
+        fit = linear_probe if protocol == "linear" else mlp_probe
+        for split in LABEL_SPLITS:
+            start = time.perf_counter()
+            result = fit(
+                feats[split], data[split].labels, feats["val"], data["val"].labels,
+                num_classes=num_classes, patience=10, class_balanced=True,
+            )  # fmt: skip
+            test = result.evaluate(feats["test"], data["test"].labels, class_names=class_names)
+            rows.setdefault(f"{name} + {protocol} probe", {})[split] = {
+                **scores(test),
+                "chosen": result.hyperparameters
+                | {"epoch": result.epoch, "weight_decay": result.weight_decay},
+                "seconds": time.perf_counter() - start,
+            }
+            print(f"  {name} {protocol} {split}: test macro-F1 {test['macro_f1']:.3f}", flush=True)
+    return rows
+
+
+def finetune_rows(name, backbone, recipe, data, num_classes, class_names, args) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    val_sel = subsample(data["val"], args.finetune_val, seed=1)
+    for split in LABEL_SPLITS:
+        start = time.perf_counter()
+        result = finetune(
+            backbone, data[split].images, data[split].labels, val_sel.images, val_sel.labels,
+            augment=recipe.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
+            epochs=args.finetune_epochs, precision=args.precision,
+        )  # fmt: skip
+        test = result.evaluate(
+            data["test"].images, data["test"].labels, recipe.preprocess, class_names
+        )
+        rows.setdefault(name, {})[split] = {
+            **scores(test),
+            "chosen": {"epoch": result.epoch, "val_macro_f1": result.val_macro_f1},
+            "seconds": time.perf_counter() - start,
+        }
+        print(f"  {name} {split}: test macro-F1 {test['macro_f1']:.3f}", flush=True)
+    return rows
+
+
+def table(rows: dict[str, Any], key: str) -> str:
+    lines = [f"| {key} | " + " | ".join(SPLIT_LABEL[s] for s in LABEL_SPLITS) + " |"]
+    lines.append("|---|" + "---|" * len(LABEL_SPLITS))
+    for name, per_split in rows.items():
+        cells = [f"{per_split[s][key]:.3f}" if s in per_split else "–" for s in LABEL_SPLITS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", help="run folder of a finished wafer pretraining")
+    parser.add_argument("--pretrain", action="store_true", help="pretrain first")
+    parser.add_argument("--method", default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--out", default="runs/wafer_fewlabel")
+    parser.add_argument("--protocols", nargs="+", default=["linear", "mlp", "finetune"])
+    parser.add_argument("--baselines", nargs="+", default=["random", "raw", "supervised"])
+    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--finetune-val", type=int, default=4000, help="val maps for selection")
+    parser.add_argument("--subsample", type=int, default=None, help="cap every split (smoke)")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--json", default=None, help="where to write all numbers")
+    args = parser.parse_args()
+    if not args.run and not args.pretrain:
+        parser.error("give --run RUN_FOLDER or --pretrain")
+    args.precision = resolve_precision(args.precision, "auto")
+    start = time.perf_counter()
+    method, ckpt = trained_method(args)
+    method.eval()
+    recipe = method.views
+    size = recipe.image_size
+    data = {
+        s: subsample(load_wafer_subset(s, image_size=size), args.subsample, seed=i)
+        for i, s in enumerate((*LABEL_SPLITS, "val", "test"))
+    }
+    class_names = data["test"].class_names
+    num_classes = len(class_names)
+    torch.manual_seed(0)
+    random_method = selfsup.build(**{"name": method.method_name, **method.hyperparameters()})
+
+    def features(backbone) -> dict[str, torch.Tensor]:
+        return {
+            s: extract_features(backbone, ds.images, recipe.preprocess, precision=args.precision)
+            for s, ds in data.items()
+        }
+
+    probes = [p for p in args.protocols if p in ("linear", "mlp")]
+    rows: dict[str, Any] = {}
+    print(f"pretrained backbone from {ckpt}", flush=True)
+    if probes:
+        rows |= probe_rows("pretrained", features(method.backbone), data, num_classes,
+                           class_names, probes)  # fmt: skip
+        if "random" in args.baselines:
+            rows |= probe_rows("random init", features(random_method.backbone), data,
+                               num_classes, class_names, probes)  # fmt: skip
+        if "raw" in args.baselines:
+            raw = {s: recipe.preprocess(ds.images).flatten(1) for s, ds in data.items()}
+            rows |= probe_rows("raw pixels", raw, data, num_classes, class_names, probes)
+    if "finetune" in args.protocols:
+        rows |= finetune_rows("pretrained + fine-tune", method.backbone, recipe, data,
+                              num_classes, class_names, args)  # fmt: skip
+        if "supervised" in args.baselines:
+            rows |= finetune_rows("supervised from scratch", random_method.backbone, recipe,
+                                  data, num_classes, class_names, args)  # fmt: skip
+    wall = time.perf_counter() - start
+    summary = json.loads((ckpt.parent.parent / "summary.json").read_text())
+    print()
+    for key in ("macro_f1", "balanced_accuracy", "accuracy"):
+        print(table(rows, key) + "\n")
+    print(
+        f"backbone {method.backbone.name} ({method.feature_dim}-d), {method.method_name}, "
+        f"{size} px, pretraining {summary.get('train_seconds', 0) / 60:.1f} min "
+        f"({summary.get('epochs_completed')} epochs), evaluation {wall / 60:.1f} min; "
+        f"test maps {len(data['test'])}; {machine_line()}"
+    )
+    out = Path(args.json or Path(ckpt.parent.parent) / "wafer_fewlabel.json")
+    out.write_text(json.dumps({"rows": rows, "checkpoint": str(ckpt)}, indent=2))
+    print(f"all numbers: {out}")
+
+
+if __name__ == "__main__":
+    main()

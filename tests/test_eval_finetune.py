@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from selfsup.backbones import build_backbone
+from selfsup.eval.finetune import finetune, stratified_fraction
+
+
+def test_stratified_fraction_is_stratified_seeded_and_keeps_every_class():
+    labels = torch.tensor([0] * 100 + [1] * 50 + [2] * 3)
+    idx = stratified_fraction(labels, 0.1, seed=0)
+    counts = torch.bincount(labels[idx], minlength=3).tolist()
+    assert counts == [10, 5, 1]
+    assert torch.equal(idx, stratified_fraction(labels, 0.1, seed=0))
+    assert not torch.equal(idx, stratified_fraction(labels, 0.1, seed=1))
+    with pytest.raises(ValueError, match="label fraction"):
+        stratified_fraction(labels, 0.0)
+
+
+def blobs(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = torch.randint(0, 80, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    images[labels == 1, :, :4] += 150  # class 1: bright top half
+    return images, labels
+
+
+def test_finetune_learns_and_selects_epoch_on_val():
+    torch.manual_seed(0)
+    train_x, train_y = blobs(64, 0)
+    val_x, val_y = blobs(32, 1)
+
+    def preprocess(x):
+        return x.float() / 255
+
+    backbone = build_backbone("convnet_tiny", 1, width=4)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    result = finetune(
+        backbone, train_x, train_y, val_x, val_y, augment=preprocess, preprocess=preprocess,
+        num_classes=2, epochs=6, batch_size=16, lr=0.5, backbone_lr=0.05,
+    )  # fmt: skip
+    assert result.val_macro_f1 > 0.9
+    assert result.history[result.epoch] == max(result.history) == result.val_macro_f1
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items()), (
+        "the caller's backbone must not change"
+    )
+    metrics = result.evaluate(val_x, val_y, preprocess)
+    assert metrics["macro_f1"] == pytest.approx(result.val_macro_f1)
+
+
+def test_frozen_backbone_only_trains_head():
+    train_x, train_y = blobs(32, 0)
+    backbone = build_backbone("convnet_tiny", 1, width=4)
+    result = finetune(
+        backbone, train_x, train_y, train_x, train_y, augment=lambda x: x.float() / 255,
+        preprocess=lambda x: x.float() / 255, num_classes=2, epochs=1, backbone_lr=None,
+    )  # fmt: skip
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, result.model.backbone.state_dict()[k])
