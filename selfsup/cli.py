@@ -163,6 +163,102 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backbone_checksum(backbone: Any) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(backbone.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _protocol_splits(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
+    """train (labelled, maybe a fraction), val (selection only) and test (scored once)."""
+    import torch
+
+    from selfsup.eval.finetune import stratified_fraction
+
+    if args.data in WAFER_SPECS:
+        train = _load_eval_data(args.data, meta, args.train_split)
+        val = _load_eval_data(args.data, meta, args.val_split)
+        test = _load_eval_data(args.data, meta, args.test_split)
+    else:
+        if not args.test_data:
+            raise ValueError(
+                f"eval {args.protocol}: --test-data is needed with --data '{args.data}'"
+            )
+        train = _load_eval_data(args.data, meta, None)
+        test = _load_eval_data(args.test_data, meta, None)
+        if args.val_data:
+            val = _load_eval_data(args.val_data, meta, None)
+        else:  # carve a stratified, seeded 10 % of train for selection
+            if train.labels is None:
+                raise ValueError(f"eval {args.protocol}: '{args.data}' has no labels")
+            val_idx = stratified_fraction(train.labels, 0.1, seed=args.seed)
+            keep = torch.ones(len(train), dtype=torch.bool)
+            keep[val_idx] = False
+            val, train = train.subset(val_idx), train.subset(keep.nonzero().squeeze(1))
+    for role, ds in (("train", train), ("val", val), ("test", test)):
+        if ds.labels is None:
+            raise ValueError(f"eval {args.protocol}: the {role} data '{ds.source}' has no labels")
+    if args.label_fraction < 1:
+        train = train.subset(stratified_fraction(train.labels, args.label_fraction, args.seed))
+    return {"train": train, "val": val, "test": test}
+
+
+def cmd_eval_supervised(args: argparse.Namespace) -> int:
+    """linear / mlp probes on frozen features, or fine-tuning: chosen on val, test scored once."""
+    from selfsup.eval import extract_features, format_metrics_table, linear_probe, mlp_probe
+    from selfsup.eval.finetune import finetune
+    from selfsup.train.checkpoint import atomic_write_text
+    from selfsup.views.recipes import make_views
+
+    backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
+    splits = _protocol_splits(args, meta)
+    test = splits["test"]
+    num_classes = int(max(int(ds.labels.max()) for ds in splits.values()) + 1)
+    if args.protocol == "finetune":
+        style = meta.get("view_style", "natural")
+        recipe = make_views(
+            "simclr", image_size=meta["image_size"], in_channels=meta["in_channels"], style=style
+        )
+        result = finetune(
+            backbone, splits["train"].images, splits["train"].labels,
+            splits["val"].images, splits["val"].labels, augment=recipe.single_view,
+            preprocess=preprocess, num_classes=num_classes, epochs=args.epochs, seed=args.seed,
+        )  # fmt: skip
+        metrics = result.evaluate(test.images, test.labels, preprocess, test.class_names)
+        chosen = {"epoch": result.epoch, "val_macro_f1": result.val_macro_f1}
+    else:
+        feats = {k: extract_features(backbone, ds.images, preprocess) for k, ds in splits.items()}
+        fit = linear_probe if args.protocol == "linear" else mlp_probe
+        result = fit(
+            feats["train"], splits["train"].labels, feats["val"], splits["val"].labels,
+            num_classes=num_classes, seed=args.seed, patience=10,
+        )  # fmt: skip
+        metrics = result.evaluate(feats["test"], test.labels, class_names=test.class_names)
+        chosen = {**result.hyperparameters, "weight_decay": result.weight_decay,
+                  "epoch": result.epoch, "val_macro_f1": result.val_macro_f1}  # fmt: skip
+    record = {
+        "protocol": args.protocol,
+        "selection": "validation macro-F1; test scored once",
+        "seed": args.seed,
+        "label_fraction": args.label_fraction,
+        "splits": {k: {"source": ds.source, "size": len(ds)} for k, ds in splits.items()},
+        "backbone": {"name": meta.get("name"), "checksum": _backbone_checksum(backbone)},
+        "chosen": chosen,
+        "test": metrics,
+    }
+    keys = ["macro_f1", "balanced_accuracy", "accuracy"]
+    print(format_metrics_table({f"{args.protocol} (test)": metrics}, keys=keys))
+    run = Path(args.run)
+    if run.is_dir():
+        name = f"eval_{args.protocol}_{args.train_split if args.data in WAFER_SPECS else 'data'}"
+        atomic_write_text(run / f"{name}.json", json.dumps(record, indent=2, default=str))
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup.eval import extract_features
 
@@ -274,6 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--k", type=int, nargs="+", default=[5, 200])
     k.add_argument("--temperature", type=float, default=0.1)
     k.set_defaults(func=cmd_eval_knn)
+    for protocol, text in (
+        ("linear", "logistic regression on frozen features"),
+        ("mlp", "one-hidden-layer MLP on frozen features"),
+        ("finetune", "backbone + linear head trained on the labels"),
+    ):
+        e = eval_sub.add_parser(protocol, help=f"{text}; chosen on val, test scored once")
+        _add_load_args(e)
+        e.add_argument("--data", default="wafers", help="labelled training data")
+        e.add_argument("--train-split", default="train_10", help="wafers: labelled split")
+        e.add_argument("--val-split", default="val")
+        e.add_argument("--test-split", default="test")
+        e.add_argument("--val-data", help="other data: validation set (default: 10 %% of train)")
+        e.add_argument("--test-data", help="other data: test set")
+        e.add_argument("--label-fraction", type=float, default=1.0)
+        e.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+        e.add_argument("--seed", type=int, default=0)
+        e.set_defaults(func=cmd_eval_supervised)
 
     p = sub.add_parser("embed", help="write backbone features to .npz (features, labels, names)")
     _add_load_args(p)
@@ -324,7 +437,7 @@ def quiet_lightning() -> None:
     )
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
+        lambda record: "💡 Tip" not in record.getMessage()
     )
 
 

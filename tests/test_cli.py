@@ -135,3 +135,27 @@ def test_data_check_counts(tmp_path, capsys, labelled_npz):
     train, _ = labelled_npz
     assert main(["data", "check", str(train)]) == 0
     assert "96" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("protocol", ["linear", "mlp", "finetune"])
+def test_cli_supervised_protocols_record_selection_and_test(labelled_npz, tmp_path, protocol):
+    train, val = labelled_npz
+    assert main(pretrain_args(train, val, tmp_path)) == 0
+    run = tmp_path / "cli"
+    argv = ["eval", protocol, str(run), "--data", str(train), "--test-data", str(val),
+            "--label-fraction", "0.5", "--epochs", "2"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((run / f"eval_{protocol}_data.json").read_text())
+    # 32 maps per class: val takes round(3.2) = 3 each, train keeps 29 and half of that is
+    # round(14.5) = 14 each (round half to even)
+    assert record["splits"]["train"]["size"] == 3 * 14
+    assert record["splits"]["val"]["size"] == 3 * 3 and record["splits"]["test"]["size"] == 48
+    assert record["test"]["num_samples"] == 48
+    assert "epoch" in record["chosen"] and len(record["backbone"]["checksum"]) == 16
+
+
+def test_cli_supervised_needs_test_data(labelled_npz, tmp_path, capsys):
+    train, val = labelled_npz
+    assert main(pretrain_args(train, val, tmp_path)) == 0
+    assert main(["eval", "linear", str(tmp_path / "cli"), "--data", str(train)]) == 2
+    assert "--test-data" in capsys.readouterr().err
