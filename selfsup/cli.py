@@ -311,6 +311,19 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_wafers_convert(args: argparse.Namespace) -> int:
+    from selfsup.data.wm811k_pickles import convert_wafers
+
+    counts = convert_wafers(
+        args.src,
+        args.dst,
+        trust_pickle=args.trust_pickle,
+        on_bad="skip" if args.skip_bad else "error",
+    )
+    print(json.dumps(counts, indent=2, default=str))
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from selfsup.data import check_data, format_check
 
@@ -413,6 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path", help="'wafers', an image folder or a .npy/.npz file")
     c.add_argument("--image-size", type=int, default=None)
     c.set_defaults(func=cmd_data_check)
+    w = data_sub.add_parser("wafers", help="WM-811K wafer-map files")
+    w_sub = w.add_subparsers(dest="wafers_command", required=True)
+    cv = w_sub.add_parser("convert", help="WM-811K pickle(s) -> pickle-free .npz")
+    cv.add_argument("src", help="LSWMD.pkl / WM811K.pkl, a clean-subset .pkl.xz, or a folder")
+    cv.add_argument("dst", help="output .npz")
+    cv.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling (runs code from the file; only for files you trust)",
+    )
+    cv.add_argument(
+        "--skip-bad", action="store_true", help="skip malformed maps (counted and logged)"
+    )
+    cv.set_defaults(func=cmd_data_wafers_convert)
     return parser
 
 

@@ -1,6 +1,7 @@
 """CLI end to end on tiny data: pretrain -> eval knn -> export -> embed -> load_backbone."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,21 @@ def test_cli_supervised_needs_test_data(labelled_npz, tmp_path, capsys):
     assert main(pretrain_args(train, val, tmp_path)) == 0
     assert main(["eval", "linear", str(tmp_path / "cli"), "--data", str(train)]) == 2
     assert "--test-data" in capsys.readouterr().err
+
+
+def test_cli_wafers_convert_refuses_untrusted_pickle_then_converts(tmp_path, capsys):
+    src = Path("../shared/wm811k_clean_subset/train_1_split.pkl.xz")
+    if not src.is_file():
+        src = (
+            Path(__file__).resolve().parents[2] / "shared/wm811k_clean_subset/train_1_split.pkl.xz"
+        )
+    if not src.is_file():
+        pytest.skip("shared wafer subset not beside the checkout")
+    dst = tmp_path / "train_1.npz"
+    assert main(["data", "wafers", "convert", str(src), str(dst)]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert main(["data", "wafers", "convert", str(src), str(dst), "--trust-pickle"]) == 0
+    assert '"maps": 623' in capsys.readouterr().out
+    from selfsup.data import load_wafer_subset
+
+    assert len(load_wafer_subset("train_1", image_size=16, path=dst)) == 623

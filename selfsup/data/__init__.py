@@ -13,6 +13,14 @@ from selfsup.data.dataset import ImageDataset, load_dataset
 from selfsup.data.folders import IMAGE_EXTENSIONS, list_image_files, load_image_folder
 from selfsup.data.loader import BatchLoader, EpochDataLoader, make_dataloader
 from selfsup.data.wafers import load_wafer_subset, nearest_resize
+from selfsup.data.wm811k_pickles import (
+    WaferMaps,
+    convert_wafers,
+    read_wafer_npz,
+    read_wafer_pickle,
+    to_dataset,
+    write_wafer_npz,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -28,4 +36,10 @@ __all__ = [
     "load_wafer_subset",
     "make_dataloader",
     "nearest_resize",
+    "WaferMaps",
+    "convert_wafers",
+    "read_wafer_npz",
+    "read_wafer_pickle",
+    "to_dataset",
+    "write_wafer_npz",
 ]

@@ -117,12 +117,21 @@ class ImageDataset:
         return int(self.images.shape[2])
 
     def class_counts(self) -> dict[str, int]:
-        """Images per class name (class index as a string when there are no names)."""
+        """Images per class name (class index as a string when there are no names).
+
+        Label -1 marks an unlabeled image (e.g. most of the full WM-811K); those are counted
+        under "unlabeled".
+        """
         if self.labels is None:
             return {}
-        counts = torch.bincount(self.labels, minlength=self.num_classes or 0).tolist()
+        labelled = self.labels[self.labels >= 0]
+        counts = torch.bincount(labelled, minlength=self.num_classes or 0).tolist()
         names = self.class_names or [str(i) for i in range(len(counts))]
-        return {name: int(c) for name, c in zip(names, counts, strict=True)}
+        out = {name: int(c) for name, c in zip(names, counts, strict=True)}
+        unlabeled = int((self.labels < 0).sum())
+        if unlabeled:
+            out["unlabeled"] = unlabeled
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {
