@@ -1,153 +1,286 @@
-"""One smoke test per method (tiny backbone, a few SGD steps) plus momentum/queue/centre rules."""
+"""One smoke test per method plus the momentum, queue, centre and schedule rules, on tiny nets."""
 
-import copy
+import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 import selfsup
-from selfsup.methods.base import Method, ema_update
+from selfsup.methods.base import Method
+from selfsup.train.optim import parameter_groups
 
-SMALL = {
-    "simclr": {"proj_hidden_dim": 16, "proj_dim": 8},
-    "mocov2": {"proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 64},
-    "byol": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16},
-    "simsiam": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 4},
-    "fastsiam": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 4},
-    "barlow_twins": {"proj_hidden_dim": 16, "proj_dim": 16},
-    "dino": {"out_dim": 32, "head_hidden_dim": 16, "bottleneck_dim": 8, "num_local_crops": 2},
-    "rotnet": {},
+IMAGE_SIZE = 16
+BATCH = 8
+# name -> (small head kwargs, number of views of the default recipe)
+SPECS = {
+    "simclr": (dict(proj_hidden_dim=16, proj_dim=8), 2),
+    "mocov2": (dict(proj_hidden_dim=16, proj_dim=8, queue_size=64), 2),
+    "byol": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16), 2),
+    "simsiam": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=4), 2),
+    "fastsiam": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=4), 4),
+    "barlow_twins": (dict(proj_hidden_dim=16, proj_dim=8), 2),
+    "dino": (dict(out_dim=32, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=2), 4),
+    "rotnet": ({}, 4),
 }
-VIEW_COUNTS = {"fastsiam": 4, "dino": 4, "rotnet": 4}
-TARGETS = {"mocov2": ["key_backbone"], "byol": ["target_backbone"], "dino": ["teacher_backbone"]}
+# momentum methods: (target attribute, online attribute) pairs
+TARGETS = {
+    "mocov2": [("key_backbone", "backbone"), ("key_projector", "projector")],
+    "byol": [("target_backbone", "backbone"), ("target_projector", "projector")],
+    "dino": [("teacher_backbone", "backbone"), ("teacher_head", "head")],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny nets: with 2 threads on 2 busy shared cores, OpenMP spinning makes a step ~100x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def build(name: str, **extra) -> Method:
+    kwargs = {**SPECS[name][0], **extra}
     return selfsup.build(
         name,
         backbone="convnet_tiny",
         backbone_kwargs={"width": 4},
-        image_size=16,
-        **SMALL[name],
-        **extra,
+        image_size=IMAGE_SIZE,
+        **kwargs,
     )
 
 
-def test_every_method_is_registered_with_defaults():
-    methods = selfsup.list_methods()
-    assert set(SMALL) <= set(methods)
-    assert methods["simclr"]["temperature"] == 0.5
-    assert methods["byol"]["base_momentum"] == 0.996
-    assert methods["fastsiam"]["num_views"] == 4
-    assert methods["barlow_twins"]["lambda_param"] == 5e-3
-    assert methods["dino"]["out_dim"] == 65536
-    assert methods["mocov2"]["queue_size"] == 65536
-    assert methods["simsiam"]["image_size"] == 224  # base arguments are listed too
+def images(seed: int = 0, batch: int = BATCH) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=g)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
-def test_smoke_training_moves_parameters(name):
+def hand_views(name: str, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    count = SPECS[name][1]
+    sizes = [IMAGE_SIZE] * count
+    if name == "dino":
+        sizes = [IMAGE_SIZE, IMAGE_SIZE] + [8] * (count - 2)
+    return [torch.randn(BATCH, 3, s, s, generator=g) for s in sizes]
+
+
+def optimizer_for(method: Method) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameter_groups(method, weight_decay=0.0), lr=0.05, momentum=0.9)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_method_trains_a_few_steps(name):
     torch.manual_seed(0)
     method = build(name)
-    images = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8)
-    views = method.views(images)
-    assert len(views) == VIEW_COUNTS.get(name, 2)
-    before = copy.deepcopy(method.backbone.state_dict())
-    targets_before = {
-        t: copy.deepcopy(getattr(method, t).state_dict()) for t in TARGETS.get(name, [])
-    }
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05)
+    optimizer = optimizer_for(method)
+    before = [p.detach().clone() for p in method.backbone.parameters()]
     for step in range(3):
-        out = method.training_loss(method.views(images))
-        assert torch.isfinite(out.loss)
+        out = method.training_loss(hand_views(name, seed=step))
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss), name
         optimizer.zero_grad()
         out.loss.backward()
+        for target_name, _ in TARGETS.get(name, []):
+            target = getattr(method, target_name)
+            assert all(p.grad is None and not p.requires_grad for p in target.parameters())
         optimizer.step()
         method.on_train_step_end((step + 1) / 3)
-    for t in TARGETS.get(name, []):
-        assert all(p.grad is None for p in getattr(method, t).parameters()), "target got gradients"
-        after = getattr(method, t).state_dict()
-        assert any(not torch.equal(after[k], v) for k, v in targets_before[t].items())
-    moved = [not torch.equal(v, method.backbone.state_dict()[k]) for k, v in before.items()]
-    assert any(moved)
-    assert torch.isfinite(method(images))  # loss = method(images)
+    after = list(method.backbone.parameters())
+    assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True)), name
+    if name != "rotnet":
+        assert "collapse_std" in out.logs and 0 < float(out.logs["collapse_std"]) < 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = method.training_loss(hand_views(name, seed=9)).loss
+    assert loss.dtype == torch.float32 and torch.isfinite(loss), name
 
 
-@pytest.mark.parametrize("name", ["byol", "mocov2", "dino"])
-def test_momentum_target_follows_ema_rule(name):
+@pytest.mark.parametrize("name", list(SPECS))
+def test_default_views_end_to_end_and_embed(name):
     torch.manual_seed(0)
     method = build(name)
-    online_name = {"byol": "backbone", "mocov2": "backbone", "dino": "backbone"}[name]
-    target = getattr(method, TARGETS[name][0])
-    with torch.no_grad():  # make the online weights differ from the target
-        for p in getattr(method, online_name).parameters():
-            p.add_(torch.randn_like(p))
-    expected = copy.deepcopy(target)
-    progress = 0.5
+    batch = images()
+    views = method.views(batch)
+    assert len(views) == SPECS[name][1]
+    assert all(v.shape[0] == BATCH for v in views)
+    loss = method(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for mode in (True, False):
+        method.train(mode)
+        feats = method.embed(batch)
+        assert feats.shape == (BATCH, method.feature_dim) and not feats.requires_grad
+        assert method.backbone.training is mode and method.training is mode
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_momentum_targets_follow_the_ema_rule_and_stay_out_of_the_optimizer(name):
+    torch.manual_seed(0)
+    method = build(name)
+    optimizer = optimizer_for(method)
+    optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for target_name, online_name in TARGETS[name]:
+        target, online = getattr(method, target_name), getattr(method, online_name)
+        assert not any(id(p) in optimised for p in target.parameters())
+        pairs = zip(target.parameters(), online.parameters(), strict=True)
+        assert all(torch.equal(t, o) for t, o in pairs)
+
+    out = method.training_loss(hand_views(name))
+    optimizer.zero_grad()
+    out.loss.backward()
+    optimizer.step()
+    snapshot = {
+        n: (
+            [p.clone() for p in getattr(method, t).parameters()],
+            [p.detach().clone() for p in getattr(method, o).parameters()],
+        )
+        for n, (t, o) in enumerate(TARGETS[name])
+    }
+    progress = 0.25
+    base = method.base_momentum
+    final = method.final_momentum
+    tau = final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
     method.on_train_step_end(progress)
-    ema_update(expected, getattr(method, online_name), method.momentum)
-    for a, b in zip(target.parameters(), expected.parameters(), strict=True):
-        assert torch.allclose(a, b)
-    if name in ("byol", "dino"):  # cosine schedule 0.996 -> 1 at progress 0.5
-        assert method.momentum == pytest.approx(1 - 0.004 * 0.5)
-    else:
-        assert method.momentum == pytest.approx(0.999)
+    assert method.momentum == pytest.approx(tau)
+    moved = False
+    for n, (target_name, _) in enumerate(TARGETS[name]):
+        old_target, online = snapshot[n]
+        for new, old, o in zip(
+            getattr(method, target_name).parameters(), old_target, online, strict=True
+        ):
+            assert torch.allclose(new, tau * old + (1 - tau) * o, atol=1e-7)
+            moved |= not torch.equal(new, old)
+    assert moved, "no target parameter moved after an optimizer step and an EMA update"
 
 
-def test_moco_queue_advances_and_holds_new_keys():
+def test_default_momentum_schedules():
+    byol = build("byol")
+    assert (byol.base_momentum, byol.final_momentum) == (0.996, 1.0)
+    assert byol.momentum_at(0.0) == pytest.approx(0.996)
+    assert byol.momentum_at(0.5) == pytest.approx(0.998)
+    assert byol.momentum_at(1.0) == pytest.approx(1.0)
+    moco = build("mocov2")
+    assert moco.momentum_at(0.0) == moco.momentum_at(0.7) == pytest.approx(0.999)
+
+
+def test_moco_queue_advances_with_the_normalised_keys():
+    torch.manual_seed(0)
     method = build("mocov2")
-    ptr = int(method.queue.ptr)
-    method.training_loss(method.views(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)))
-    assert int(method.queue.ptr) == (ptr + 8) % 64
-    norms = method.queue.keys[ptr : ptr + 8].norm(dim=1)
-    assert torch.allclose(norms, torch.ones(8), atol=1e-5)
+    views = hand_views("mocov2")
+    with torch.no_grad():
+        expected = F.normalize(method.key_projector(method.key_backbone(views[1])), dim=1)
+    assert int(method.queue.ptr) == 0
+    old = method.queue.keys.clone()
+    method.training_loss(views).loss.backward()
+    assert int(method.queue.ptr) == BATCH
+    assert torch.allclose(method.queue.keys[:BATCH], expected, atol=1e-6)
+    assert torch.equal(method.queue.keys[BATCH:], old[BATCH:])
+    assert torch.allclose(old.norm(dim=1), torch.ones(len(old)))
+
+    symmetric = build("mocov2", symmetric=True)
+    symmetric.training_loss(views).loss.backward()
+    assert int(symmetric.queue.ptr) == 2 * BATCH
 
 
-def test_dino_centre_and_teacher_temperature():
-    method = build("dino", warmup_teacher_temp=0.04, teacher_temp=0.07)
-    assert float(method.center.abs().sum()) == 0
-    method.training_loss(method.views(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)))
-    assert float(method.center.abs().sum()) > 0
-    method.on_train_step_end(0.15)
+def test_dino_centre_update_and_teacher_temperature_warmup():
+    torch.manual_seed(0)
+    method = build("dino", teacher_temp=0.07, warmup_teacher_temp=0.04)
+    views = hand_views("dino")
+    with torch.no_grad():
+        teacher = method.teacher_head(method.teacher_backbone(torch.cat(views[:2])))
+    assert torch.equal(method.center, torch.zeros_like(method.center))
+    method.training_loss(views).loss.backward()
+    assert torch.allclose(method.center, 0.1 * teacher.mean(dim=0), atol=1e-6)
+
+    assert method.teacher_temp == pytest.approx(0.04)
+    method.on_train_step_end(0.15)  # half of the 0.3 warm-up
     assert method.teacher_temp == pytest.approx(0.055)
-    method.on_train_step_end(0.9)
+    method.on_train_step_end(0.6)
     assert method.teacher_temp == pytest.approx(0.07)
 
 
-def test_rotnet_targets_follow_view_order():
+def test_dino_teacher_sees_global_views_only_and_local_size_override():
+    method = build("dino", num_local_crops=3, local_crop_size=6)
+    views = method.views(images())
+    assert [v.shape[-1] for v in views] == [IMAGE_SIZE, IMAGE_SIZE, 6, 6, 6]
+    assert torch.isfinite(method.training_loss(views).loss)
+
+
+def test_fastsiam_loss_is_mean_over_views_of_cosine_to_the_others_mean():
+    torch.manual_seed(0)
+    method = build("fastsiam")
+    views = hand_views("fastsiam")
+    z, p = method.project_and_predict(views)
+    expected = 0.0
+    for i in range(4):
+        target = sum(z[j] for j in range(4) if j != i) / 3
+        expected += -F.cosine_similarity(p[i], target, dim=-1).mean() / 4
+    out = method.training_loss(views)
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    out.loss.backward()
+
+
+def test_fastsiam_num_views_reaches_the_recipe():
+    method = build("fastsiam", num_views=3)
+    assert len(method.views(images())) == 3
+
+
+def test_rotnet_cross_entropy_with_view_index_targets():
     torch.manual_seed(0)
     method = build("rotnet")
-    views = method.views(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8))
+    views = hand_views("rotnet")
+    logits = method.classifier(method.backbone(torch.cat(views)))
+    targets = torch.arange(4).repeat_interleave(BATCH)
+    expected = F.cross_entropy(logits, targets)
+    accuracy = (logits.argmax(1) == targets).float().mean()
     out = method.training_loss(views)
-    shuffled = method.training_loss([views[1], views[0], views[2], views[3]])
-    assert not torch.isclose(out.loss, shuffled.loss)
-    assert 0 <= float(out.logs["accuracy"]) <= 1
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert float(out.logs["accuracy"]) == pytest.approx(accuracy.item())
+    mlp_head = build("rotnet", classifier_hidden_dim=8)
+    assert mlp_head.classifier(torch.randn(2, mlp_head.feature_dim)).shape == (2, 4)
 
 
-def test_embed_uses_eval_mode_and_restores_training():
-    method = build("simsiam")
-    method.train()
-    images = torch.randint(0, 256, (6, 3, 24, 24), dtype=torch.uint8)
-    feats = method.embed(images)
-    assert feats.shape == (6, method.feature_dim)
-    assert method.backbone.training
-    method.backbone.eval()
-    with torch.no_grad():
-        expected = method.backbone(method.views.preprocess(images))
-    assert torch.allclose(feats, expected)
+@pytest.mark.parametrize("name", list(SPECS))
+def test_wrong_number_of_views_names_the_method(name):
+    method = build(name)
+    with pytest.raises(ValueError, match=name):
+        method.training_loss(hand_views(name)[:1])
 
 
-def test_wrong_number_of_views_is_named():
-    method = build("fastsiam")
-    with pytest.raises(ValueError, match="num_views=4"):
-        method.training_loss([torch.zeros(2, 3, 16, 16)] * 2)
-
-
-def test_wafer_style_and_one_channel():
-    method = selfsup.build(
-        "fastsiam", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=1,
-        image_size=16, view_style="wafer", **SMALL["fastsiam"],
-    )  # fmt: skip
-    maps = torch.randint(0, 3, (4, 1, 26, 26), dtype=torch.uint8)
-    assert torch.isfinite(method(maps))
-    assert method.embed(maps).shape == (4, 32)
+def test_registry_lists_all_eight_with_paper_defaults():
+    methods = selfsup.list_methods()
+    assert set(SPECS) <= set(methods)
+    expected = {
+        "simclr": dict(temperature=0.5, proj_hidden_dim=2048, proj_dim=128, num_proj_layers=2),
+        "mocov2": dict(
+            temperature=0.2, queue_size=65536, proj_dim=128, momentum=0.999, symmetric=False
+        ),
+        "byol": dict(
+            proj_hidden_dim=4096,
+            proj_dim=256,
+            pred_hidden_dim=4096,
+            base_momentum=0.996,
+            final_momentum=1.0,
+        ),
+        "simsiam": dict(proj_dim=2048, pred_hidden_dim=512),
+        "fastsiam": dict(num_views=4, proj_dim=2048, pred_hidden_dim=512),
+        "barlow_twins": dict(
+            proj_hidden_dim=8192, proj_dim=8192, num_proj_layers=3, lambda_param=5e-3
+        ),
+        "dino": dict(
+            out_dim=65536,
+            student_temp=0.1,
+            teacher_temp=0.04,
+            warmup_teacher_temp=0.04,
+            warmup_teacher_temp_progress=0.3,
+            center_momentum=0.9,
+            base_momentum=0.996,
+            num_local_crops=6,
+        ),
+        "rotnet": dict(classifier_hidden_dim=None),
+    }
+    for name, defaults in expected.items():
+        for key, value in defaults.items():
+            assert methods[name][key] == value, (name, key)
+    method = build("simclr", temperature=0.1)
+    assert type(method).method_name == "simclr" and method.temperature == 0.1
+    assert method.hyperparameters()["temperature"] == 0.1
