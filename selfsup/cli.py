@@ -324,6 +324,42 @@ def cmd_data_wafers_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfsup.eval.report import write_report
+
+    path = write_report(
+        args.run,
+        data=args.data,
+        bank=args.bank,
+        split=args.split,
+        max_points=args.max_points,
+        max_bank=args.max_bank,
+        seed=args.seed,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_data_coco_crops(args: argparse.Namespace) -> int:
+    from selfsup.data.coco_crops import coco_to_crops, convert_coco_export, format_crop_counts
+
+    ann = Path(args.annotations)
+    if ann.is_dir():
+        results = convert_coco_export(ann, args.out, min_size=args.min_size, padding=args.padding)
+    else:
+        results = {
+            "all": coco_to_crops(
+                ann,
+                args.images or ann.parent,
+                args.out,
+                min_size=args.min_size,
+                padding=args.padding,
+            )  # fmt: skip
+        }
+    print(format_crop_counts(results))
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from selfsup.data import check_data, format_check
 
@@ -415,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN/export)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("report", help="regenerate RUN/report.md and RUN/plots/*.png")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="labelled held-out data (default: the run's validation data)")
+    p.add_argument("--split", help="wafers: query split (default val)")
+    p.add_argument("--bank", help="labelled data that votes in the kNN (default: training data)")
+    p.add_argument("--max-points", type=int, default=3000)
+    p.add_argument("--max-bank", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("methods", help="list methods and their default hyper-parameters")
     p.set_defaults(func=cmd_methods)
     p = sub.add_parser("backbones", help="list backbones")
@@ -426,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path", help="'wafers', an image folder or a .npy/.npz file")
     c.add_argument("--image-size", type=int, default=None)
     c.set_defaults(func=cmd_data_check)
+    cc = data_sub.add_parser("coco-crops", help="COCO detection boxes -> per-class crop folders")
+    cc.add_argument("--annotations", required=True, help="a COCO json or a Roboflow export folder")
+    cc.add_argument("--images", help="images of a single json (default: the json's folder)")
+    cc.add_argument("--out", required=True)
+    cc.add_argument("--min-size", type=float, default=2)
+    cc.add_argument("--padding", type=float, default=0.0, help="fraction of box size per side")
+    cc.set_defaults(func=cmd_data_coco_crops)
     w = data_sub.add_parser("wafers", help="WM-811K wafer-map files")
     w_sub = w.add_subparsers(dest="wafers_command", required=True)
     cv = w_sub.add_parser("convert", help="WM-811K pickle(s) -> pickle-free .npz")

@@ -147,7 +147,9 @@ def coco_to_crops(
     skipped: Counter[str] = Counter()
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     classes: dict[str, int] = {}
-    for ann in coco["annotations"]:
+    for i, ann in enumerate(coco["annotations"]):
+        if not isinstance(ann, dict):
+            raise ValueError(f"'{annotations}': annotations[{i}] is not an object")
         cid, iid = ann.get("category_id"), ann.get("image_id")
         if cid not in folders:
             skipped["unknown_category"] += 1
