@@ -1,27 +1,42 @@
-"""Views: per-sample randomness, parameter ranges, wafer values, recipe shapes."""
+"""Views: per-sample randomness, parameter ranges checked on images built to reveal them,
+wafer values, recipe shapes, reproducibility."""
 
 import colorsys
+import math
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 from selfsup.views import (
+    RECIPES,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    apply_color_jitter,
     color_jitter,
     die_flip_noise,
     gaussian_blur,
     hsv_to_rgb,
     make_views,
+    normalize,
+    random_affine,
     random_flip,
     random_grayscale,
     random_resized_crop,
     random_rot90,
     random_rotation,
+    recipe_defaults,
+    resize,
     rgb_to_hsv,
     rot90_by,
     solarize,
+    to_float,
+    to_grayscale,
 )
-from selfsup.views.color import adjust_brightness, adjust_contrast, to_grayscale
+from selfsup.views.color import default_blur_kernel_size
+from selfsup.views.geometric import affine_grid
 
 
 def gen(seed=0):
@@ -33,122 +48,372 @@ def same_image_batch(b=16, c=3, size=16, seed=0):
     return one.expand(b, c, size, size).contiguous()
 
 
-def distinct_outputs(out):
-    flat = out.flatten(1)
-    return len({tuple(row.tolist()) for row in flat.round(decimals=5)})
+def n_distinct(out):
+    return len({tuple(row.tolist()) for row in out.flatten(1).round(decimals=5)})
+
+
+def coordinate_image(b, size):
+    """[b, 2, size, size]: channel 0 holds each pixel's x (column) centre, channel 1 its y."""
+    centres = torch.arange(size, dtype=torch.float32) + 0.5
+    xs = centres.view(1, size).expand(size, size)
+    return torch.stack([xs, xs.t()]).expand(b, 2, size, size).contiguous()
+
+
+def sampled_frames(out):
+    """Per sample, the input-pixel positions of the output's corners (bilinear sampling of a
+    linear image is exact): returns the frame's x and y axis vectors and its centre."""
+    n = out.shape[-1]
+    span = 1 - 1 / n  # output pixel centres sit at +-(1 - 1/n) in normalised units
+    px, py = out[:, 0], out[:, 1]
+    axis_x = torch.stack([px[:, 0, -1] - px[:, 0, 0], py[:, 0, -1] - py[:, 0, 0]], 1) / span
+    axis_y = torch.stack([px[:, -1, 0] - px[:, 0, 0], py[:, -1, 0] - py[:, 0, 0]], 1) / span
+    centre = torch.stack([px.mean((1, 2)), py.mean((1, 2))], 1)
+    return axis_x, axis_y, centre
+
+
+# --- per-sample randomness --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "op",
+    "op, at_least",
     [
-        lambda x, g: random_resized_crop(x, 8, generator=g),
-        lambda x, g: random_flip(x, 0.5, generator=g),
-        lambda x, g: random_rot90(x, g),
-        lambda x, g: random_rotation(x, 45, "bilinear", generator=g),
-        lambda x, g: color_jitter(x, 0.4, 0.4, 0.4, 0.1, generator=g),
-        lambda x, g: random_grayscale(x, 0.5, g),
-        lambda x, g: gaussian_blur(x, (0.5, 3.0), 1.0, generator=g),
-        lambda x, g: solarize(x, 0.5, generator=g),
+        (lambda x, g: random_resized_crop(x, 8, generator=g), 16),
+        (lambda x, g: random_flip(x, 0.5, -1, g), 2),
+        (lambda x, g: random_flip(x, 0.5, -2, g), 2),
+        (lambda x, g: random_rot90(x, g), 4),
+        (lambda x, g: random_rotation(x, 45, "bilinear", generator=g), 16),
+        (lambda x, g: color_jitter(x, 0.4, 0.4, 0.4, 0.1, generator=g), 16),
+        (lambda x, g: random_grayscale(x, 0.5, g), 2),
+        (lambda x, g: gaussian_blur(x, (0.5, 3.0), 1.0, generator=g), 16),
+        (lambda x, g: solarize(x, 0.5, generator=g), 2),
+        (lambda x, g: random_affine(x, 16, rot90=True, hflip_p=0.5, vflip_p=0.5, generator=g), 6),
     ],
 )
-def test_each_sample_gets_its_own_draw(op):
-    x = same_image_batch()
-    out = op(x, gen(1))
+def test_each_sample_gets_its_own_draw(op, at_least):
+    out = op(same_image_batch(), gen(1))
     assert out.shape[0] == 16
-    assert distinct_outputs(out) > 1, "the whole batch got one parameter set"
+    assert n_distinct(out) >= at_least, "the batch shares one parameter set"
 
 
 def test_die_flip_is_per_sample():
-    codes = torch.ones(8, 1, 16, 16, dtype=torch.uint8)
-    out = die_flip_noise(codes, 0.1, gen())
-    assert distinct_outputs(out.float()) == 8
+    out = die_flip_noise(torch.ones(8, 1, 16, 16, dtype=torch.uint8), 0.1, gen())
+    assert n_distinct(out.float()) == 8
 
 
-def test_generator_makes_views_reproducible():
-    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
-    recipe = make_views("simclr", image_size=16)
-    recipe.generator = gen(3)
-    a = recipe(x)
-    recipe.generator = gen(3)
-    b = recipe(x)
-    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+def test_ops_draw_on_the_input_device_and_keep_it():
+    x = torch.rand(4, 3, 8, 8, generator=gen())
+    for out in (
+        random_resized_crop(x, 4, generator=gen()),
+        color_jitter(x, generator=gen()),
+        gaussian_blur(x, p=1.0, generator=gen()),
+        die_flip_noise(torch.ones(2, 1, 4, 4), 0.5, gen()),
+    ):
+        assert out.device == x.device and out.dtype == torch.float32
 
 
-def test_full_crop_without_flip_is_identity():
+# --- to_float, normalize, resize --------------------------------------------------------------
+
+
+def test_to_float_natural_and_wafer():
+    raw = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)
+    assert torch.allclose(to_float(raw, "natural").flatten(), torch.tensor([0.0, 0.2, 1.0]))
+    floats = torch.rand(2, 3, 4, 4)
+    assert to_float(floats, "natural") is floats
+    codes = torch.tensor([0, 1, 2], dtype=torch.uint8).view(1, 1, 1, 3)
+    assert to_float(codes, "wafer").flatten().tolist() == [0.0, 1.0, 2.0]
+    assert to_float(codes.float(), "wafer").flatten().tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        to_float(torch.zeros(3, 4, 4, dtype=torch.uint8), "natural")
+    with pytest.raises(ValueError, match="unknown view style 'medical'"):
+        to_float(raw, "medical")
+
+
+def test_normalize_per_channel():
+    x = torch.tensor([0.5, 0.25]).view(1, 2, 1, 1)
+    assert normalize(x, (0.5, 0.0), (1.0, 0.5)).flatten().tolist() == [0.0, 0.5]
+    with pytest.raises(ValueError, match="2 values"):
+        normalize(x, (0.5,), (1.0,))
+
+
+def test_resize_nearest_follows_the_wafer_loader_rule():
+    codes = torch.arange(5, dtype=torch.uint8).view(1, 1, 1, 5).expand(1, 1, 5, 5)
+    out = resize(codes, 3, "nearest")
+    # source index floor((dst + 0.5) * 5 / 3) = 0, 2, 4
+    assert out.dtype == torch.uint8 and out[0, 0, 0].tolist() == [0, 2, 4]
+
+
+# --- geometric --------------------------------------------------------------------------------
+
+
+def test_affine_grid_matches_torch():
+    theta = torch.randn(5, 2, 3, generator=gen())
+    ours = affine_grid(theta, 7, 9)
+    ref = F.affine_grid(theta, [5, 1, 7, 9], align_corners=False)
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_full_crop_without_flip_is_the_resized_input():
     x = torch.rand(4, 3, 12, 12, generator=gen())
-    out = random_resized_crop(x, 12, scale=(1, 1), ratio=(1, 1), generator=gen())
-    assert torch.allclose(out, x, atol=1e-5)
-    out = random_resized_crop(x, 12, scale=(1, 1), ratio=(1, 1), hflip_p=1.0, generator=gen())
-    assert torch.allclose(out, x.flip(-1), atol=1e-5)
+    same = random_resized_crop(x, 12, scale=(1, 1), ratio=(1, 1), generator=gen())
+    assert torch.allclose(same, x, atol=1e-5)
+    flipped = random_resized_crop(x, 12, scale=(1, 1), ratio=(1, 1), hflip_p=1.0, generator=gen())
+    assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
+    half = random_resized_crop(x, 6, scale=(1, 1), ratio=(1, 1), generator=gen())
+    ref = F.interpolate(x, size=6, mode="bilinear", align_corners=False)
+    assert torch.allclose(half, ref, atol=1e-5)
+    wide = random_resized_crop(x, (6, 9), scale=(1, 1), ratio=(1, 1), generator=gen())
+    assert wide.shape == (4, 3, 6, 9)
 
 
-def test_crop_area_within_scale():
-    # an image with a single bright column band: crop of scale <= 0.25 can never contain
-    # the whole image, so the mean of a crop resized up differs from the full-image mean
-    x = torch.arange(64.0).view(1, 1, 8, 8).expand(64, 1, 8, 8).contiguous()
+def test_crop_boxes_respect_scale_and_ratio():
+    size, n = 64, 200
+    out = random_resized_crop(coordinate_image(n, size), 8, (0.1, 0.5), (0.5, 2.0), generator=gen())
+    axis_x, axis_y, centre = sampled_frames(out)
+    w, h = axis_x[:, 0], axis_y[:, 1]
+    assert torch.allclose(axis_x[:, 1], torch.zeros(n), atol=1e-4)  # no rotation, no shear
+    area = w * h / size**2
+    assert area.min() >= 0.1 - 1e-3 and area.max() <= 0.5 + 1e-3
+    assert area.max() - area.min() > 0.3  # the range is used
+    ratio = w / h
+    assert ratio.min() >= 0.5 - 1e-3 and ratio.max() <= 2.0 + 1e-3
+    assert (ratio < 0.8).any() and (ratio > 1.25).any()
+    # boxes lie inside the image, at varied positions
+    assert (centre - torch.stack([w, h], 1) / 2 >= -1e-3).all()
+    assert (centre + torch.stack([w, h], 1) / 2 <= size + 1e-3).all()
+    assert centre[:, 0].std() > 3
+
+
+def test_crop_that_cannot_fit_shrinks_to_the_largest_box_of_its_ratio():
+    out = random_resized_crop(coordinate_image(6, 32), 8, (1.0, 1.0), (2.0, 2.0), generator=gen())
+    axis_x, axis_y, _ = sampled_frames(out)
+    assert torch.allclose(axis_x[:, 0], torch.full((6,), 32.0), atol=1e-3)
+    assert torch.allclose(axis_y[:, 1], torch.full((6,), 16.0), atol=1e-3)
+
+
+def test_crop_rotation_angles_stay_in_range():
     out = random_resized_crop(
-        x, 8, scale=(0.2, 0.25), ratio=(1, 1), mode="nearest", generator=gen()
+        coordinate_image(100, 64), 8, (0.2, 0.3), (1, 1), rotation_degrees=20, generator=gen()
     )
-    distinct_values = torch.tensor([row.unique().numel() for row in out.flatten(1)])
-    # a 0.25-area square crop of 8x8 covers 4x4 = 16 source pixels at most (+1 row/col of
-    # boundary rounding)
-    assert distinct_values.max() <= 25 and distinct_values.min() >= 9
+    axis_x, _, _ = sampled_frames(out)
+    angle = torch.rad2deg(torch.atan2(axis_x[:, 1], axis_x[:, 0]))
+    assert angle.abs().max() <= 20 + 0.1
+    assert angle.min() < -10 and angle.max() > 10
 
 
-def test_rot90_matches_torch_rot90():
-    x = torch.rand(4, 2, 5, 5, generator=gen())
-    k = torch.tensor([0, 1, 2, 3])
+def test_nearest_crop_keeps_codes_and_dtype():
+    codes = torch.randint(0, 3, (8, 1, 20, 20), generator=gen(), dtype=torch.uint8)
+    out = random_resized_crop(
+        codes, 13, (0.2, 1), mode="nearest", rotation_degrees=30, generator=gen()
+    )
+    assert out.dtype == torch.uint8 and set(out.unique().tolist()) <= {0, 1, 2}
+
+
+def test_wafer_geometry_is_an_exact_symmetry_of_the_square():
+    codes = torch.randint(0, 3, (200, 1, 7, 7), generator=gen(), dtype=torch.uint8)
+    out = random_affine(
+        codes, 7, rot90=True, hflip_p=0.5, vflip_p=0.5, mode="nearest", generator=gen()
+    )
+    seen = set()
+    for i in range(200):
+        variants = [
+            torch.rot90(f, k, dims=(-2, -1))
+            for f in (codes[i], codes[i].flip(-1))
+            for k in range(4)
+        ]
+        matches = [j for j, v in enumerate(variants) if torch.equal(out[i], v)]
+        assert matches, f"sample {i} is not a rotation/flip of its input"
+        seen.add(matches[0])
+    assert len(seen) == 8  # all 8 symmetries occur
+
+
+def test_one_resample_for_the_whole_batch(monkeypatch):
+    calls = []
+    real = F.grid_sample
+    monkeypatch.setattr(F, "grid_sample", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(32, 3, 16, 16, generator=gen())
+    random_affine(
+        x, 8, crop_scale=(0.2, 1), hflip_p=0.5, vflip_p=0.5, rot90=True, rotation_degrees=10
+    )
+    assert len(calls) == 1
+
+
+def test_random_flip_masks():
+    x = torch.rand(400, 1, 2, 3, generator=gen())
+    assert torch.equal(random_flip(x, 1.0), x.flip(-1))
+    assert torch.equal(random_flip(x, 0.0), x)
+    assert torch.equal(random_flip(x, 1.0, dim=-2), x.flip(-2))
+    out = random_flip(x, 0.3, generator=gen())
+    flipped = (out == x.flip(-1)).flatten(1).all(1) & ~(out == x).flatten(1).all(1)
+    assert 0.22 < flipped.float().mean() < 0.38
+    with pytest.raises(ValueError, match="dim"):
+        random_flip(x, 0.5, dim=0)
+
+
+def test_rot90_by_matches_torch_rot90():
+    x = torch.rand(6, 2, 5, 5, generator=gen())
+    k = torch.tensor([0, 1, 2, 3, -1, 5])
     out = rot90_by(x, k)
-    for i in range(4):
-        assert torch.equal(out[i], torch.rot90(x[i], i, dims=(-2, -1)))
+    for i in range(6):
+        assert torch.equal(out[i], torch.rot90(x[i], int(k[i]), dims=(-2, -1)))
     with pytest.raises(ValueError, match="square"):
         rot90_by(torch.rand(1, 1, 3, 4), torch.tensor([1]))
+    with pytest.raises(ValueError, match="square"):
+        random_rot90(torch.rand(2, 1, 3, 4))
 
 
-def test_rotation_nearest_keeps_codes_and_90_degrees_is_exact():
+def test_random_rot90_outputs_are_rotations_of_the_input():
+    x = torch.arange(64 * 9, dtype=torch.float32).view(64, 1, 3, 3)
+    out = random_rot90(x, gen())
+    turns = []
+    for i in range(64):
+        matches = [k for k in range(4) if torch.equal(out[i], torch.rot90(x[i], k, dims=(1, 2)))]
+        assert len(matches) == 1
+        turns.append(matches[0])
+    assert set(turns) == {0, 1, 2, 3}
+
+
+def test_random_rotation_range_and_zero_fill():
+    out = random_rotation(coordinate_image(100, 32), 30, "bilinear", generator=gen())
+    # a step along an output row moves the sample point along (cos a, sin a), well inside
+    step = out[:, :, 16, 24] - out[:, :, 16, 8]
+    angle = torch.rad2deg(torch.atan2(step[:, 1], step[:, 0]))
+    assert torch.allclose(step.norm(dim=1), torch.full((100,), 16.0), atol=1e-3)
+    assert angle.abs().max() <= 30 + 0.1 and angle.min() < -20 and angle.max() > 20
+    ones = torch.ones(64, 1, 9, 9)
+    turned = random_rotation(ones, 45, "nearest", generator=gen())
+    assert (turned[:, 0, 4, 4] == 1).all()  # the centre stays
+    assert (turned[:, 0, 0, 0] == 0).any()  # corners come from outside: zero
+    assert torch.equal(random_rotation(ones, 45, p=0.0, generator=gen()), ones)
     codes = torch.randint(0, 3, (6, 1, 10, 10), generator=gen()).float()
-    out = random_rotation(codes, 30, "nearest", generator=gen())
-    assert set(out.unique().tolist()) <= {0.0, 1.0, 2.0}
+    assert set(random_rotation(codes, 30, "nearest", generator=gen()).unique().tolist()) <= {
+        0,
+        1,
+        2,
+    }
 
 
-def test_brightness_and_contrast_factors_in_range():
-    x = torch.full((200, 1, 4, 4), 0.5)
+# --- colour -----------------------------------------------------------------------------------
+
+
+def test_brightness_factor_bounds_on_a_constant_image():
+    x = torch.full((300, 1, 4, 4), 0.5)
     out = color_jitter(x, brightness=0.4, contrast=0.0, saturation=0.0, hue=0.0, generator=gen())
     factors = out[:, 0, 0, 0] / 0.5
     assert factors.min() >= 0.6 - 1e-6 and factors.max() <= 1.4 + 1e-6
-    assert factors.max() - factors.min() > 0.6  # the range is used
+    assert factors.max() - factors.min() > 0.7  # the range is used
     assert torch.allclose(
         adjust_brightness(x[:2], torch.tensor([2.0, 0.5]))[:, 0, 0, 0], torch.tensor([1.0, 0.25])
     )
-    img = torch.tensor([[[[0.2, 0.8]]]])
+
+
+def test_contrast_blends_with_the_mean_grey_level():
+    img = torch.tensor([0.2, 0.8]).view(1, 1, 1, 2)
     assert torch.allclose(adjust_contrast(img, torch.tensor([0.0])), torch.full_like(img, 0.5))
+    assert torch.allclose(
+        adjust_contrast(img, torch.tensor([0.5])), torch.tensor([0.35, 0.65]).view(1, 1, 1, 2)
+    )
+    out = color_jitter(img.expand(300, 1, 1, 2), 0.0, 0.4, 0.0, 0.0, generator=gen())
+    factors = (out[:, 0, 0, 1] - 0.5) / 0.3
+    assert factors.min() >= 0.6 - 1e-5 and factors.max() <= 1.4 + 1e-5 and factors.std() > 0.15
 
 
-def test_jitter_probability_and_clamp():
+def test_saturation_blends_with_the_grey_image():
+    rgb = torch.tensor([0.9, 0.3, 0.1]).view(1, 3, 1, 1)
+    grey = 0.299 * 0.9 + 0.587 * 0.3 + 0.114 * 0.1
+    assert torch.allclose(adjust_saturation(rgb, torch.tensor([0.0])), torch.full_like(rgb, grey))
+    out = color_jitter(rgb.expand(300, 3, 1, 1), 0.0, 0.0, 0.4, 0.0, generator=gen())
+    factors = (out[:, 0, 0, 0] - grey) / (0.9 - grey)
+    assert factors.min() >= 0.6 - 1e-5 and factors.max() <= 1.4 + 1e-5 and factors.std() > 0.15
+
+
+def test_hue_shift_keeps_saturation_and_value():
+    rgb = torch.tensor([0.8, 0.4, 0.2]).view(1, 3, 1, 1)  # H = 1/18, S = 0.75, V = 0.8
+    shifted = adjust_hue(rgb, torch.tensor([0.25]))
+    h, s, v = rgb_to_hsv(shifted).flatten().tolist()
+    assert h == pytest.approx(1 / 18 + 0.25, abs=1e-5)
+    assert (s, v) == (pytest.approx(0.75, abs=1e-5), pytest.approx(0.8, abs=1e-5))
+    out = color_jitter(rgb.expand(300, 3, 1, 1), 0.0, 0.0, 0.0, 0.1, generator=gen())
+    hsv = rgb_to_hsv(out)
+    delta = (hsv[:, 0, 0, 0] - 1 / 18 + 0.5) % 1 - 0.5  # circular difference
+    assert delta.abs().max() <= 0.1 + 1e-5 and delta.min() < -0.05 and delta.max() > 0.05
+    assert torch.allclose(hsv[:, 1:], torch.tensor([0.75, 0.8]).view(1, 2, 1, 1), atol=1e-5)
+
+
+def test_jitter_order_is_per_sample():
+    x = torch.rand(2, 3, 4, 4, generator=gen())
+    factors = torch.tensor([[1.3, 0.6, 1.4, 0.2]] * 2)
+    order = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
+    out = apply_color_jitter(x, factors, order)
+    steps = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
+    for i in range(2):
+        ref = x[i : i + 1]
+        for op in order[i].tolist():
+            ref = steps[op](ref, factors[i : i + 1, op])
+        assert torch.allclose(out[i : i + 1], ref, atol=1e-5)
+    swapped = apply_color_jitter(x, factors, order.flip(0))
+    assert not torch.allclose(out, swapped, atol=1e-3)  # the order matters, and is per row
+
+
+def test_color_jitter_draws_an_order_per_sample(monkeypatch):
+    import selfsup.views.color as color
+
+    seen = {}
+    real = color.apply_color_jitter
+    monkeypatch.setattr(
+        color,
+        "apply_color_jitter",
+        lambda x, f, order: seen.setdefault("order", order) is None or real(x, f, order),
+    )
+    color_jitter(torch.rand(64, 3, 2, 2), generator=gen())
+    order = seen["order"]
+    assert torch.equal(order.sort(1).values, torch.arange(4).expand(64, 4))  # permutations
+    assert len({tuple(row) for row in order.tolist()}) > 12  # many of the 24 orders occur
+
+
+def test_jitter_probability_clamp_and_grey_images():
     x = torch.rand(400, 3, 4, 4, generator=gen())
     out = color_jitter(x, 0.8, 0.8, 0.8, 0.5, p=0.5, generator=gen())
     unchanged = (out == x).flatten(1).all(1).float().mean()
-    assert 0.35 < unchanged < 0.65
+    assert 0.4 < unchanged < 0.6
     assert out.min() >= 0 and out.max() <= 1
+    grey = torch.rand(8, 1, 4, 4, generator=gen())
+    assert torch.equal(color_jitter(grey, 0.0, 0.0, 0.8, 0.5, generator=gen()), grey)
 
 
 def test_hsv_round_trip_and_reference():
     x = torch.rand(5, 3, 4, 4, generator=gen())
     assert torch.allclose(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5)
-    r, g, b = 0.2, 0.6, 0.4
-    h, s, v = colorsys.rgb_to_hsv(r, g, b)
-    got = rgb_to_hsv(torch.tensor([r, g, b]).view(1, 3, 1, 1)).flatten()
-    assert torch.allclose(got, torch.tensor([h, s, v]), atol=1e-6)
+    colours = [
+        (0.2, 0.6, 0.4),
+        (1, 0, 0),
+        (0.5, 0.5, 0.5),
+        (0, 0, 0),
+        (0.3, 0.3, 0.9),
+        (0.7, 0.7, 0.1),
+        (0.9, 0.1, 0.5),
+    ]
+    for rgb in colours:
+        got = rgb_to_hsv(torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1)).flatten()
+        assert torch.allclose(got, torch.tensor(colorsys.rgb_to_hsv(*rgb)), atol=1e-6), rgb
+        back = hsv_to_rgb(torch.tensor(colorsys.rgb_to_hsv(*rgb)).view(1, 3, 1, 1)).flatten()
+        assert torch.allclose(back, torch.tensor(rgb, dtype=torch.float32), atol=1e-6), rgb
 
 
-def test_grayscale_weights():
-    x = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-    assert to_grayscale(x).item() == pytest.approx(0.299)
-    out = random_grayscale(x.expand(4, 3, 1, 1), 1.0)
-    assert torch.allclose(out, torch.full((4, 3, 1, 1), 0.299))
+def test_grayscale_weights_and_probability():
+    x = torch.eye(3).view(3, 3, 1, 1)
+    assert to_grayscale(x).flatten().tolist() == pytest.approx([0.299, 0.587, 0.114])
+    out = random_grayscale(x, 1.0)
+    assert torch.allclose(
+        out, torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1).expand(3, 3, 1, 1)
+    )
+    many = torch.rand(400, 3, 2, 2, generator=gen())
+    grey = (random_grayscale(many, 0.25, gen()).std(1) == 0).flatten(1).all(1).float().mean()
+    assert 0.18 < grey < 0.32
+    one = torch.rand(4, 1, 2, 2)
+    assert random_grayscale(one, 1.0) is one
 
 
-def test_blur_matches_conv_reference_and_preserves_constant():
+def test_blur_matches_a_reference_convolution():
     const = torch.full((3, 3, 9, 9), 0.3)
     assert torch.allclose(gaussian_blur(const, (1.0, 1.0), 1.0, 5), const, atol=1e-6)
     x = torch.rand(1, 1, 9, 9, generator=gen())
@@ -159,92 +424,255 @@ def test_blur_matches_conv_reference_and_preserves_constant():
         F.pad(x, (1, 1, 1, 1), mode="reflect"), (k1[:, None] * k1[None, :]).view(1, 1, 3, 3)
     )
     assert torch.allclose(out, ref, atol=1e-6)
+    assert [default_blur_kernel_size(s, s) for s in (8, 32, 96, 224)] == [3, 3, 9, 23]
+    with pytest.raises(ValueError, match="odd"):
+        gaussian_blur(x, p=1.0, kernel_size=4)
 
 
-def test_solarize_inverts_above_threshold():
-    x = torch.tensor([0.2, 0.6]).view(1, 1, 1, 2)
-    assert torch.allclose(solarize(x, 1.0), torch.tensor([0.2, 0.4]).view(1, 1, 1, 2))
+def test_blur_sigma_is_per_sample_and_p_applies():
+    x = torch.zeros(200, 1, 9, 9)
+    x[:, :, 4, 4] = 1
+    out = gaussian_blur(x, (0.5, 2.0), 0.5, 9, gen())
+    centre = out[:, 0, 4, 4]
+    blurred = centre < 1
+    assert 0.38 < blurred.float().mean() < 0.62
+    # the peak of a normalised Gaussian falls as sigma grows: distinct sigmas, distinct peaks
+    assert centre[blurred].unique().numel() == blurred.sum()
 
 
-def test_die_flip_spares_off_wafer_and_hits_rate():
-    codes = torch.randint(0, 3, (4, 1, 64, 64), generator=gen(), dtype=torch.uint8)
+def test_solarize_inverts_at_and_above_threshold():
+    x = torch.tensor([0.2, 0.5, 0.6]).view(1, 1, 1, 3)
+    assert torch.allclose(solarize(x, 1.0), torch.tensor([0.2, 0.5, 0.4]).view(1, 1, 1, 3))
+    assert torch.allclose(solarize(x, 1.0, threshold=0.7), x)
+    assert torch.equal(solarize(x, 0.0), x)
+
+
+def test_die_flip_spares_off_wafer_and_hits_the_rate():
+    codes = torch.randint(0, 3, (4, 1, 128, 128), generator=gen(), dtype=torch.uint8)
     out = die_flip_noise(codes, 0.1, gen())
     assert out.dtype == torch.uint8
     assert torch.equal(out[codes == 0], codes[codes == 0])
-    on = codes > 0
-    changed = (out != codes)[on].float().mean().item()
-    assert 0.08 < changed < 0.12
+    changed = out != codes
+    assert 0.09 < changed[codes > 0].float().mean() < 0.11
+    assert torch.equal(out[changed], 3 - codes[changed])
     assert set(out.unique().tolist()) <= {0, 1, 2}
-    assert torch.equal(out[(out != codes)], 3 - codes[(out != codes)])
+    floats = die_flip_noise(codes.float(), 0.1, gen())
+    assert torch.equal(floats, out.float())  # same draws, same flips in any dtype
+    assert die_flip_noise(codes, 0.0) is codes
 
 
-@pytest.mark.parametrize("name", ["simclr", "byol", "fastsiam", "dino", "rotation", "multiview"])
-def test_wafer_recipes_only_produce_wafer_values(name):
-    codes = torch.randint(0, 3, (8, 1, 20, 24), generator=gen(), dtype=torch.uint8)
-    codes = F.pad(codes, (0, 0, 2, 2))[:, :, :, :24]  # 24x24 with an off-wafer band
-    recipe = make_views(
-        name,
-        image_size=16,
-        in_channels=1,
-        style="wafer",
-        free_rotation_degrees=0 if name == "rotation" else 20,
-    )
-    for view in recipe(codes):
-        assert set(view.unique().tolist()) <= {0.0, 0.5, 1.0}
-    assert set(recipe.preprocess(codes).unique().tolist()) <= {0.0, 0.5, 1.0}
+# --- recipes ----------------------------------------------------------------------------------
+
+
+def natural_batch(dtype, b=4, size=24):
+    x = torch.randint(0, 256, (b, 3, size, size), generator=gen(), dtype=torch.uint8)
+    return x if dtype == torch.uint8 else x.float() / 255
+
+
+def wafer_batch(dtype=torch.uint8, b=6, size=24):
+    codes = torch.randint(1, 3, (b, 1, size, size), generator=gen(), dtype=torch.uint8)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disk = ((yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2) < (size / 2 - 1) ** 2
+    return (codes * disk).to(dtype)
 
 
 @pytest.mark.parametrize(
-    "name, count, sizes",
+    "name, sizes",
     [
-        ("simclr", 2, {16}),
-        ("byol", 2, {16}),
-        ("fastsiam", 4, {16}),
-        ("dino", 8, {16, 8}),
-        ("rotation", 4, {16}),
+        ("simclr", [16, 16]),
+        ("byol", [16, 16]),
+        ("multiview", [16] * 4),
+        ("fastsiam", [16] * 4),
+        ("dino", [16, 16] + [8] * 6),
+        ("rotation", [16] * 4),
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-def test_recipe_shapes(name, count, sizes, dtype):
-    x = torch.randint(0, 256, (4, 3, 24, 24), generator=gen()).to(dtype)
-    if dtype.is_floating_point:
-        x = x / 255
-    views = make_views(name, image_size=16)(x)
-    assert len(views) == count
-    assert {v.shape[-1] for v in views} == sizes
-    assert all(v.dtype == torch.float32 and v.shape[:2] == (4, 3) for v in views)
+@pytest.mark.parametrize("style", ["natural", "wafer"])
+def test_recipe_view_counts_and_shapes(name, sizes, dtype, style):
+    channels = 3 if style == "natural" else 1
+    x = natural_batch(dtype) if style == "natural" else wafer_batch(dtype)
+    recipe = make_views(name, image_size=16, in_channels=channels, style=style)
+    views = recipe(x)
+    assert recipe.num_views == len(views) == len(sizes)
+    assert [v.shape for v in views] == [(x.shape[0], channels, s, s) for s in sizes]
+    assert all(v.dtype == torch.float32 and v.device == x.device for v in views)
+    assert recipe.preprocess(x).shape == (x.shape[0], channels, 16, 16)
 
 
-def test_rotation_recipe_views_are_rotated_copies():
-    views = make_views("rotation", image_size=8)(torch.rand(3, 3, 8, 8, generator=gen()))
-    for k, v in enumerate(views):
-        assert torch.equal(v, torch.rot90(views[0], k, dims=(-2, -1)))
+@pytest.mark.parametrize("name", RECIPES)
+def test_wafer_views_hold_only_three_values(name):
+    codes = wafer_batch(size=28)
+    extra = {} if name == "rotation" else {"free_rotation_degrees": 25}
+    if name not in ("rotation", "dino"):
+        extra["crop_scale"] = (0.5, 1.0)
+    recipe = make_views(name, image_size=20, in_channels=1, style="wafer", die_flip_p=0.2, **extra)
+    for view in recipe(codes, generator=gen()):
+        assert set(view.unique().tolist()) == {0.0, 0.5, 1.0}
+    assert set(recipe.preprocess(codes).unique().tolist()) == {0.0, 0.5, 1.0}
 
 
-def test_dino_overrides_and_errors():
-    recipe = make_views("dino", image_size=32, num_local_crops=2, local_size=12)
-    assert [v.shape[-1] for v in recipe(torch.rand(2, 3, 32, 32))] == [32, 32, 12, 12]
-    with pytest.raises(ValueError, match="unknown view recipe 'simclrr'"):
-        make_views("simclrr", image_size=8)
-    with pytest.raises(ValueError, match="unknown view style"):
-        make_views("simclr", image_size=8, style="medical")
-    with pytest.raises(ValueError, match="no parameter 'blur'"):
-        make_views("simclr", image_size=8, blur=0.5)
-    with pytest.raises(ValueError, match="3 channel"):
-        make_views("simclr", image_size=8)(torch.rand(2, 1, 8, 8))
+def test_wafer_views_apply_die_flip_noise():
+    codes = wafer_batch(b=4, size=32)
+    recipe = make_views(
+        "simclr",
+        image_size=32,
+        in_channels=1,
+        style="wafer",
+        rot90=False,
+        hflip_p=0.0,
+        vflip_p=0.0,
+        die_flip_p=0.2,
+    )
+    for view in recipe(codes, generator=gen()):
+        out = view * 2
+        assert (out[codes == 0] == 0).all()
+        assert 0.15 < (out != codes)[codes > 0].float().mean() < 0.25
 
 
-def test_preprocess_is_deterministic_and_normalised():
+def test_wafer_views_refuse_scaled_maps():
+    recipe = make_views("simclr", image_size=8, in_channels=1, style="wafer")
+    with pytest.raises(ValueError, match=r"die codes in \{0, 1, 2\}"):
+        recipe(wafer_batch(torch.float32) / 2)
+
+
+def test_wafer_rotation_base_view_is_flipped_never_turned():
+    codes = wafer_batch(b=32, size=8)
+    codes[:, :, 1, 2] = 2  # break the disk's symmetry
+    recipe = make_views("rotation", image_size=8, in_channels=1, style="wafer", die_flip_p=0.0)
+    views = recipe(codes, generator=gen())
+    base = views[0] * 2
+    flips = [codes, codes.flip(-1), codes.flip(-2), codes.flip(-1, -2)]
+    seen = set()
+    for i in range(32):
+        matches = [j for j, f in enumerate(flips) if torch.equal(base[i], f[i].float())]
+        assert matches, f"sample {i} is not a flip of its input"
+        seen.update(matches)
+    assert len(seen) == 4
+    for k, view in enumerate(views):
+        assert torch.equal(view, torch.rot90(views[0], k, dims=(-2, -1)))
+    with pytest.raises(ValueError, match="rotation is the label"):
+        make_views("rotation", image_size=8, in_channels=1, style="wafer", rot90=True)
+
+
+def test_generator_makes_views_reproducible():
+    x = natural_batch(torch.uint8, b=8, size=16)
+    recipe = make_views("byol", image_size=16)
+    a, b = recipe(x, generator=gen(3)), recipe(x, generator=gen(3))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    recipe.generator = gen(4)
+    c = recipe(x)
+    assert not torch.allclose(a[0], c[0])
+    recipe.generator = gen(3)
+    assert all(torch.equal(u, v) for u, v in zip(a, recipe(x), strict=True))
+
+
+def test_uint8_and_float_inputs_give_the_same_views():
+    raw = natural_batch(torch.uint8, size=16)
+    recipe = make_views("simclr", image_size=12)
+    a, b = recipe(raw, generator=gen(5)), recipe(raw.float() / 255, generator=gen(5))
+    assert all(torch.allclose(u, v, atol=1e-5) for u, v in zip(a, b, strict=True))
+
+
+def test_views_stay_float32_under_autocast():
+    recipe = make_views("simclr", image_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        views = recipe(natural_batch(torch.uint8, size=16))
+    assert all(v.dtype == torch.float32 for v in views)
+
+
+def test_preprocess_is_deterministic_resize_and_normalise():
     x = torch.full((2, 3, 8, 8), 0.485)
     recipe = make_views("simclr", image_size=4)
     out = recipe.preprocess(x)
     assert out.shape == (2, 3, 4, 4)
     assert torch.allclose(out[:, 0], torch.zeros(2, 4, 4), atol=1e-6)
     assert torch.equal(recipe.preprocess(x), out)
+    y = torch.rand(2, 3, 8, 8, generator=gen())
+    ref = F.interpolate(y, size=4, mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(
+        make_views("simclr", image_size=4, mean=(0,) * 3, std=(1,) * 3).preprocess(y), ref
+    )
+    grey = make_views("simclr", image_size=8, in_channels=1)
+    assert grey.mean == (0.5,) and grey.std == (0.5,)
+    assert torch.allclose(grey.preprocess(torch.ones(1, 1, 8, 8)), torch.ones(1, 1, 8, 8))
+
+
+def test_paper_defaults():
+    assert recipe_defaults("simclr", image_size=32)["blur_p"] == 0.0  # SimCLR drops blur on CIFAR
+    assert recipe_defaults("simclr", image_size=96)["blur_p"] == 0.5
+    byol = make_views("byol", image_size=32)
+    assert [(v.blur_p, v.solarize_p, v.saturation) for v in byol.views] == [
+        (1.0, 0.0, 0.2),
+        (0.1, 0.2, 0.2),
+    ]
+    dino = make_views("dino", image_size=224)
+    assert [v.size for v in dino.views] == [224, 224] + [96] * 6
+    assert [v.crop_scale for v in dino.views] == [(0.4, 1.0)] * 2 + [(0.05, 0.4)] * 6
+    assert [v.blur_p for v in dino.views] == [1.0, 0.1] + [0.5] * 6
+    assert [v.solarize_p for v in dino.views] == [0.0, 0.2] + [0.0] * 6
+    assert make_views("dino", image_size=16).views[-1].size == 8  # local crops at least 8 px
+    wafer_dino = make_views("dino", image_size=32, in_channels=1, style="wafer")
+    assert [v.crop_scale for v in wafer_dino.views] == [(0.6, 1.0)] * 2 + [(0.25, 0.6)] * 6
+    wafer = make_views("fastsiam", image_size=32, in_channels=1, style="wafer").views[0]
+    assert (wafer.rot90, wafer.hflip_p, wafer.vflip_p, wafer.die_flip_p) == (True, 0.5, 0.5, 0.03)
+    assert wafer.free_rotation_degrees == 0 and wafer.crop_scale is None
+    rotation = make_views("rotation", image_size=32).views[0]
+    assert rotation.crop_scale == (0.5, 1.0) and rotation.hflip_p == 0.5
+
+
+def test_overrides_and_errors():
+    recipe = make_views("dino", image_size=32, num_local_crops=2, local_size=12, local_blur_p=0.0)
+    assert [v.shape[-1] for v in recipe(torch.rand(2, 3, 32, 32))] == [32, 32, 12, 12]
+    assert make_views("multiview", image_size=8, num_views=3).num_views == 3
+    byol = make_views("byol", image_size=8, blur_p=0.3, crop_scale=[0.2, 1.0])
+    assert [v.blur_p for v in byol.views] == [0.3, 0.3] and byol.views[0].crop_scale == (0.2, 1.0)
+    with pytest.raises(ValueError, match=r"unknown view recipe 'simclrr' \(known: simclr, byol"):
+        make_views("simclrr", image_size=8)
+    with pytest.raises(ValueError, match="unknown view style 'medical'"):
+        make_views("simclr", image_size=8, style="medical")
+    with pytest.raises(ValueError, match="no parameter 'blur'.*known: crop_scale"):
+        make_views("simclr", image_size=8, blur=0.5)
+    with pytest.raises(ValueError, match="no parameter 'mean'"):
+        make_views("simclr", image_size=8, in_channels=1, style="wafer", mean=(0.5,))
+    with pytest.raises(ValueError, match="hflip_p must be a probability"):
+        make_views("simclr", image_size=8, hflip_p=1.5)
+    with pytest.raises(ValueError, match="num_views must be an integer >= 1"):
+        make_views("fastsiam", image_size=8, num_views=0)
+    with pytest.raises(ValueError, match="3 channel"):
+        make_views("simclr", image_size=8)(torch.rand(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="mean and std need 1 values"):
+        make_views("simclr", image_size=8, in_channels=1, mean=(0.5, 0.5, 0.5))
+
+
+def test_repr_lists_the_parameters():
+    text = repr(make_views("byol", image_size=32))
+    assert "ViewRecipe('byol'" in text and "image_size=32" in text and "num_views=2" in text
+    assert "blur_p=(1, 0.1)" in text and "solarize_p=(0, 0.2)" in text and "mean=(0.485" in text
 
 
 def test_single_view_is_one_augmented_batch():
-    codes = torch.randint(0, 3, (5, 1, 12, 12), generator=gen(), dtype=torch.uint8)
     recipe = make_views("fastsiam", image_size=8, in_channels=1, style="wafer")
-    out = recipe.single_view(codes)
+    out = recipe.single_view(wafer_batch(b=5, size=12), generator=gen())
     assert out.shape == (5, 1, 8, 8) and set(out.unique().tolist()) <= {0.0, 0.5, 1.0}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_views_on_cuda_with_a_cpu_generator():
+    x = natural_batch(torch.uint8, b=8, size=16).cuda()
+    recipe = make_views("dino", image_size=16)
+    a, b = recipe(x, generator=gen(1)), recipe(x, generator=gen(1))
+    assert all(v.is_cuda for v in a)
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    codes = wafer_batch().cuda()
+    for view in make_views("fastsiam", image_size=16, in_channels=1, style="wafer")(codes):
+        assert view.is_cuda and set(view.unique().tolist()) <= {0.0, 0.5, 1.0}
+
+
+def test_crop_scale_bounds_math():
+    # a sanity anchor for sampled_frames: an identity crop spans the whole image
+    out = random_resized_crop(coordinate_image(2, 16), 4, (1, 1), (1, 1), generator=gen())
+    axis_x, axis_y, centre = sampled_frames(out)
+    assert torch.allclose(axis_x[:, 0], torch.full((2,), 16.0), atol=1e-4)
+    assert torch.allclose(centre, torch.full((2, 2), 8.0), atol=1e-4)
+    assert math.isclose(float(axis_y[0, 1]), 16.0, abs_tol=1e-4)

@@ -1,41 +1,68 @@
-"""Batched augmentations with per-sample randomness, and per-method view recipes."""
+"""Views: batched augmentations with a different random draw per sample, and per-method recipes.
 
-from selfsup.views.color import (
+Ops take float [B, C, H, W] batches on any device (``to_float`` converts raw uint8 batches) and
+an optional ``generator`` for reproducibility. ``make_views(name, image_size=..., ...)`` builds
+the list-of-views callable a method trains on.
+"""
+
+from selfsup.views.ops import (
+    STYLES,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    apply_color_jitter,
     color_jitter,
+    die_flip_noise,
     gaussian_blur,
     hsv_to_rgb,
     normalize,
-    random_grayscale,
-    rgb_to_hsv,
-    solarize,
-    to_grayscale,
-)
-from selfsup.views.geometric import (
+    random_affine,
     random_flip,
+    random_grayscale,
     random_resized_crop,
     random_rot90,
     random_rotation,
     resize,
+    rgb_to_hsv,
     rot90_by,
+    solarize,
+    to_float,
+    to_grayscale,
 )
-from selfsup.views.recipes import NaturalView, ViewRecipe, WaferView, make_views, to_float
-from selfsup.views.wafer import die_flip_noise
+from selfsup.views.recipes import (
+    RECIPES,
+    NaturalView,
+    ViewRecipe,
+    WaferView,
+    make_views,
+    recipe_defaults,
+)
 
 __all__ = [
+    "RECIPES",
+    "STYLES",
     "NaturalView",
     "ViewRecipe",
     "WaferView",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "apply_color_jitter",
     "color_jitter",
     "die_flip_noise",
     "gaussian_blur",
     "hsv_to_rgb",
     "make_views",
     "normalize",
+    "random_affine",
     "random_flip",
     "random_grayscale",
     "random_resized_crop",
     "random_rot90",
     "random_rotation",
+    "recipe_defaults",
     "resize",
     "rgb_to_hsv",
     "rot90_by",

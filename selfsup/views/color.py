@@ -1,7 +1,8 @@
-"""Photometric augmentations on float [B, C, H, W] batches in [0, 1], per-sample random.
+"""Photometric view ops on float [B, C, H, W] batches in [0, 1], with per-sample draws.
 
-Semantics follow torchvision's (blend-based brightness/contrast/saturation, HSV hue shift), but
-every sample draws its own factors and its own order of the four jitter operations.
+Semantics follow torchvision's functional ops (brightness scales, contrast and saturation blend
+with grey, hue shifts H in HSV, each result clamped to [0, 1]), but every sample draws its own
+factors and its own order of the four colour-jitter operations.
 """
 
 from __future__ import annotations
@@ -10,79 +11,145 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from selfsup.views.random import bernoulli, rand, uniform
+from selfsup.views.sampling import bernoulli, check_probability, check_range, rand, uniform
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
-
-
-def to_grayscale(x: Tensor) -> Tensor:
-    """[B, 3, H, W] -> [B, 1, H, W] luma; 1-channel input is returned as is."""
-    if x.shape[1] == 1:
-        return x
-    w = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # colour-jitter operation ids
 
 
-def _view(v: Tensor) -> Tensor:
+def _per_sample(v: Tensor) -> Tensor:
     return v.view(-1, 1, 1, 1)
 
 
+def to_grayscale(x: Tensor) -> Tensor:
+    """Luma Y = 0.299 R + 0.587 G + 0.114 B: [B, 3, H, W] -> [B, 1, H, W].
+
+    1-channel input is returned as is; other channel counts use the channel mean.
+    """
+    c = x.shape[1]
+    if c == 1:
+        return x
+    if c != 3:
+        return x.mean(1, keepdim=True)
+    # three fused multiply-adds: a channel reduction (``sum(1)``) is several times slower on CPU
+    y = x[:, 0:1] * LUMA[0]
+    y.add_(x[:, 1:2], alpha=LUMA[1])
+    return y.add_(x[:, 2:3], alpha=LUMA[2])
+
+
 def _blend(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
-    return (factor * a + (1 - factor) * b).clamp(0, 1)
+    """factor * a + (1 - factor) * b, clamped to [0, 1]; factor: [B]."""
+    f = _per_sample(factor)
+    return (b + f * (a - b)).clamp_(0, 1)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    return (x * _view(factor)).clamp(0, 1)
+    """x * factor (per sample), clamped. factor: [B]."""
+    return (x * _per_sample(factor)).clamp_(0, 1)
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    mean = to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(x, mean, _view(factor))
+    """Blend with the image's mean grey level: factor * x + (1 - factor) * mean(Y)."""
+    return _blend(x, to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    return _blend(x, to_grayscale(x).expand_as(x), _view(factor))
+    """Blend with the grey image: factor * x + (1 - factor) * Y (3 channels)."""
+    return _blend(x, to_grayscale(x), factor)
+
+
+def _frac(x: Tensor) -> Tensor:
+    """x mod 1 (faster than ``remainder`` on CPU)."""
+    return x - torch.floor(x)
+
+
+def _hue6(x: Tensor, v: Tensor, delta: Tensor) -> Tensor:
+    """6H in [-1, 6) of RGB ``x`` [B, 3, H, W] with max ``v`` and max - min ``delta``.
+
+    6H = (G - B) / d if V = R, 2 + (B - R) / d if V = G, else 4 + (R - G) / d (R before G
+    before B on ties). Written with float masks: ``torch.where`` on full-size masks is ~20x
+    slower on CPU. Grey pixels have every difference 0 and V = R, so 6H = 0.
+    """
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    max_r = (v == r).to(x.dtype)
+    max_g = (v == g).to(x.dtype) * (1 - max_r)
+    max_b = 1 - max_r - max_g
+    h6 = max_r * (g - b) + max_g * (b - r) + max_b * (r - g)
+    return h6.div_(delta + (delta == 0)).add_(2 * max_g + 4 * max_b)
+
+
+def _rgb_from_hue6(h6: Tensor, v: Tensor, chroma: Tensor) -> Tensor:
+    """RGB of hue 6H (any real), max V and chroma V S, channel n in (R, G, B) = (5, 3, 1):
+    value_n = V - chroma clamp(min(t, 4 - t), 0, 1) with t = (n + 6H) mod 6."""
+    n = torch.tensor([5.0, 3.0, 1.0], device=h6.device, dtype=h6.dtype).view(1, 3, 1, 1)
+    t = n + h6
+    t = t.sub_(6 * torch.floor(t / 6))
+    return v - chroma * torch.minimum(t, 4 - t).clamp_(0, 1)
+
+
+def _max_min(x: Tensor) -> tuple[Tensor, Tensor]:
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
 
 
 def rgb_to_hsv(x: Tensor) -> Tensor:
-    """[B, 3, H, W] RGB in [0, 1] -> HSV with H in [0, 1)."""
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), 0 * maxc)
-    return torch.stack([h, s, maxc], 1)
+    """RGB [B, 3, H, W] in [0, 1] -> HSV [B, 3, H, W] with H, S, V in [0, 1] (H = 0 where S = 0):
+    V = max, S = (max - min) / max, H from ``_hue6`` taken mod 1."""
+    v, low = _max_min(x)
+    delta = v - low
+    h = _frac(_hue6(x, v, delta) / 6)
+    return torch.cat([h, delta / (v + (v == 0)), v], 1)
 
 
 def hsv_to_rgb(x: Tensor) -> Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = torch.stack(
-        [
-            torch.stack([v, t, p], 1),
-            torch.stack([q, v, p], 1),
-            torch.stack([p, v, t], 1),
-            torch.stack([p, q, v], 1),
-            torch.stack([t, p, v], 1),
-            torch.stack([v, p, q], 1),
-        ],
-        0,
-    )  # [6, B, 3, H, W]
-    index = i.unsqueeze(0).unsqueeze(2).expand(1, -1, 3, -1, -1)
-    return choices.gather(0, index).squeeze(0)
+    """HSV [B, 3, H, W] in [0, 1] -> RGB, the inverse of ``rgb_to_hsv``."""
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return _rgb_from_hue6(6 * h, v, v * s)
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    hsv = rgb_to_hsv(x)
-    h = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
-    return hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], 1)).clamp(0, 1)
+    """Shift H in HSV by ``shift`` [B] (fraction of the colour circle, wraps around), keeping
+    S and V: the same as hsv_to_rgb(H + shift, S, V) without forming S. RGB only."""
+    v, low = _max_min(x)
+    delta = v - low
+    h6 = _hue6(x, v, delta).add_(6 * _per_sample(shift))
+    return _rgb_from_hue6(h6, v, delta).clamp_(0, 1)
+
+
+IDENTITY_FACTORS = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation factors; hue shift
+
+
+def apply_color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+    """Apply the four jitter operations to each sample in its own order.
+
+    factors: [B, 4] (brightness, contrast, saturation factors and hue shift; 1, 1, 1, 0 is a
+    no-op); order: [B, 4], row i a permutation of (0, 1, 2, 3): operation order[i, s] runs at
+    step s. Brightness (f x), contrast (f x + (1 - f) mean Y) and saturation (f x + (1 - f) Y)
+    are all y = a x + b mean(Y) + c Y, so each step is one fused pass over the batch with
+    per-sample (a, b, c), clamped; hue runs on the samples that chose it at that step
+    (RGB only).
+    x: [B, C, H, W] float in [0, 1]. Returns the same shape.
+    """
+    out = x
+    for step in range(order.shape[1]):
+        op = order[:, step]
+        f = factors.gather(1, op[:, None]).squeeze(1)
+        blend = (op == CONTRAST) | (op == SATURATION)
+        a = torch.where(op == HUE, 1.0, f)
+        if bool((blend & (f != 1)).any()):
+            grey = to_grayscale(out)
+            b = torch.where(op == CONTRAST, 1 - f, 0.0)
+            c = torch.where(op == SATURATION, 1 - f, 0.0)
+            offset = torch.addcmul(
+                _per_sample(b) * grey.mean(dim=(1, 2, 3), keepdim=True), _per_sample(c), grey
+            )
+            out = torch.addcmul(offset, _per_sample(a), out).clamp_(0, 1)
+        else:
+            out = (_per_sample(a) * out).clamp_(0, 1)
+        idx = ((op == HUE) & (f != 0)).nonzero().squeeze(1)
+        if idx.numel() and out.shape[1] == 3:  # hue needs RGB
+            out[idx] = adjust_hue(out[idx], f[idx])
+    return out
 
 
 def color_jitter(
@@ -94,51 +161,76 @@ def color_jitter(
     p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Colour jitter applied to each sample with probability ``p``, in a random order per sample.
+    """torchvision-style ColorJitter with a per-sample draw, applied with probability ``p``.
 
-    Factors: brightness and contrast and saturation uniform in [1 - s, 1 + s] (s = strength),
-    hue shift uniform in [-hue, hue] (fraction of the colour circle). Saturation and hue need
-    3 channels and are skipped for 1-channel images.
+    Brightness, contrast and saturation factors uniform in [max(0, 1 - s), 1 + s], hue shift
+    uniform in [-hue, hue] (hue <= 0.5), the four in a random order per sample (SimCLR,
+    Chen et al. 2020, appendix A). Saturation and hue need RGB and are skipped otherwise.
+    x: [B, C, H, W] float in [0, 1]. Returns the same shape, clamped to [0, 1].
     """
+    check_probability(p)
+    for name, s in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        if s < 0:
+            raise ValueError(f"color_jitter: {name} must be >= 0, got {s}")
+    if not 0 <= hue <= 0.5:
+        raise ValueError(f"color_jitter: hue must be in [0, 0.5], got {hue}")
     b = x.shape[0]
-    apply = bernoulli(b, p, x, generator)
     rgb = x.shape[1] == 3
-    factors = {
-        0: uniform(b, max(0.0, 1 - brightness), 1 + brightness, x, generator)
-        if brightness
-        else None,
-        1: uniform(b, max(0.0, 1 - contrast), 1 + contrast, x, generator) if contrast else None,
-        2: uniform(b, max(0.0, 1 - saturation), 1 + saturation, x, generator)
-        if saturation and rgb
-        else None,
-        3: uniform(b, -hue, hue, x, generator) if hue and rgb else None,
-    }
-    ops = {0: adjust_brightness, 1: adjust_contrast, 2: adjust_saturation, 3: adjust_hue}
-    order = rand((b, 4), x, generator).argsort(1)  # a random permutation of the 4 ops per sample
-    out = x.clone()
-    for step in range(4):
-        for op, factor in factors.items():
-            if factor is None:
-                continue
-            idx = ((order[:, step] == op) & apply).nonzero().squeeze(1)
-            if idx.numel():
-                out[idx] = ops[op](out[idx], factor[idx])
-    return out
+    strengths = (brightness, contrast, saturation if rgb else 0.0, hue if rgb else 0.0)
+    if not any(strengths) or p == 0:
+        return x
+    factors = torch.stack(
+        [uniform(b, max(0.0, 1 - s), 1 + s, x, generator) for s in strengths[:3]]
+        + [uniform(b, -strengths[3], strengths[3], x, generator)],
+        1,
+    )
+    order = rand((b, 4), x, generator).argsort(1)
+    if p < 1:
+        selected = bernoulli(b, p, x, generator)
+        identity = factors.new_tensor(IDENTITY_FACTORS).expand(b, 4)
+        factors = torch.where(selected[:, None], factors, identity)
+    return apply_color_jitter(x, factors.to(x.dtype), order)
 
 
-def random_grayscale(x: Tensor, p: float = 0.2, generator=None) -> Tensor:
-    """Replace a sample by its luma (repeated over 3 channels) with probability ``p``."""
+def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
+    """Replace each sample, with probability ``p``, by its luma repeated over the 3 channels.
+    1-channel input is returned unchanged."""
+    check_probability(p)
     if x.shape[1] == 1:
         return x
-    mask = bernoulli(x.shape[0], p, x, generator).view(-1, 1, 1, 1)
+    mask = _per_sample(bernoulli(x.shape[0], p, x, generator))
     return torch.where(mask, to_grayscale(x).expand_as(x), x)
 
 
+def default_blur_kernel_size(height: int, width: int) -> int:
+    """About 10 % of the image side, odd, at least 3 (SimCLR, appendix A: 10 % of 224 -> 23)."""
+    return max(3, int(0.1 * min(height, width)) // 2 * 2 + 1)
+
+
 def gaussian_kernels(sigma: Tensor, size: int) -> Tensor:
-    """[n] sigmas -> [n, size] normalised 1-D Gaussian kernels."""
+    """[n] standard deviations (pixels) -> [n, size] normalised 1-D Gaussian kernels."""
     r = torch.arange(size, device=sigma.device, dtype=torch.float32) - (size - 1) / 2
-    k = torch.exp(-(r.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+    k = torch.exp(-(r.view(1, -1) ** 2) / (2 * sigma.view(-1, 1).float() ** 2))
     return k / k.sum(1, keepdim=True)
+
+
+def blur_with(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Separable Gaussian blur of sample i with sigma[i]; reflect padding; same shape.
+
+    One grouped convolution per axis: the batch is viewed as [1, B*C, H, W] with B*C groups,
+    so every sample-channel pair gets its own kernel.
+    """
+    b, c, h, w = x.shape
+    pad = kernel_size // 2
+    kernels = gaussian_kernels(sigma, kernel_size).to(x.dtype).repeat_interleave(c, 0)
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(
+        F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernels.view(b * c, 1, 1, -1), groups=b * c
+    )
+    y = F.conv2d(
+        F.pad(y, (0, 0, pad, pad), mode="reflect"), kernels.view(b * c, 1, -1, 1), groups=b * c
+    )
+    return y.view(b, c, h, w)
 
 
 def gaussian_blur(
@@ -146,42 +238,41 @@ def gaussian_blur(
     sigma: tuple[float, float] = (0.1, 2.0),
     p: float = 0.5,
     kernel_size: int | None = None,
-    generator=None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Blur each sample with probability ``p`` with a Gaussian of sigma uniform in ``sigma``.
-
-    Separable; one grouped convolution per axis over the selected samples; reflect padding.
-    Kernel size defaults to ~10% of the image side (odd, >= 3), as SimCLR.
-    """
-    b, c, h, w = x.shape
+    """Blur each sample, with probability ``p``, by a Gaussian of std uniform in ``sigma``
+    (pixels). ``kernel_size`` (odd) defaults to ~10 % of the image side; it is capped so the
+    reflect padding fits the image. x: [B, C, H, W] float. Returns the same shape."""
+    check_probability(p)
+    check_range(sigma, "blur sigma")
+    if sigma[0] <= 0:
+        raise ValueError(f"blur sigma must be positive, got {sigma}")
+    b, _, h, w = x.shape
     if kernel_size is None:
-        kernel_size = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
+        kernel_size = default_blur_kernel_size(h, w)
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"gaussian_blur: kernel_size must be odd and positive, got {kernel_size}")
+    kernel_size = min(kernel_size, 2 * (min(h, w) - 1) + 1)
     sigmas = uniform(b, sigma[0], sigma[1], x, generator)
-    idx = bernoulli(b, p, x, generator).nonzero().squeeze(1)
-    if idx.numel() == 0:
-        return x
-    n = idx.numel()
-    kernels = gaussian_kernels(sigmas[idx], kernel_size).repeat_interleave(c, 0)  # [n*C, k]
-    pad = kernel_size // 2
-    sel = x[idx].reshape(1, n * c, h, w).float()
-    sel = F.conv2d(
-        F.pad(sel, (pad, pad, 0, 0), mode="reflect"), kernels.view(n * c, 1, 1, -1), groups=n * c
-    )
-    sel = F.conv2d(
-        F.pad(sel, (0, 0, pad, pad), mode="reflect"), kernels.view(n * c, 1, -1, 1), groups=n * c
-    )
+    selected = bernoulli(b, p, x, generator)
+    if p >= 1:
+        return blur_with(x, sigmas, kernel_size)
+    idx = selected.nonzero().squeeze(1)
     out = x.clone()
-    out[idx] = sel.view(n, c, h, w).to(x.dtype)
+    if idx.numel():
+        out[idx] = blur_with(x[idx], sigmas[idx], kernel_size)
     return out
 
 
-def solarize(x: Tensor, p: float = 0.2, threshold: float = 0.5, generator=None) -> Tensor:
-    """Invert pixels >= ``threshold`` (x -> 1 - x) in each sample with probability ``p``."""
-    mask = bernoulli(x.shape[0], p, x, generator).view(-1, 1, 1, 1)
-    return torch.where(mask & (x >= threshold), 1 - x, x)
-
-
-def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+def solarize(
+    x: Tensor,
+    p: float = 0.2,
+    threshold: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """In each sample chosen with probability ``p``, invert the pixels >= ``threshold``
+    (x -> 1 - x), as BYOL (Grill et al. 2020, Table 6). x: float in [0, 1]."""
+    check_probability(p)
+    chosen = _per_sample(bernoulli(x.shape[0], p, x, generator)).to(x.dtype)
+    # lerp with a 0/1 weight returns either end exactly
+    return torch.lerp(x, 1 - x, (x >= threshold).to(x.dtype) * chosen)

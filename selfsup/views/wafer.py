@@ -1,22 +1,29 @@
-"""Wafer-map augmentation: die codes 0 (off-wafer), 1 (pass), 2 (fail) stay in that set."""
+"""Wafer-map noise: die codes 0 (off-wafer), 1 (pass), 2 (fail) stay in that set."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from selfsup.views.random import rand
+from selfsup.views.sampling import check_probability, rand
+
+OFF_WAFER, PASS, FAIL = 0, 1, 2
 
 
 def die_flip_noise(
     codes: Tensor, p: float = 0.03, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Swap pass <-> fail independently on each on-wafer die with probability ``p``.
+    """Swap pass <-> fail (1 <-> 2, i.e. c -> 3 - c) on each on-wafer die independently with
+    probability ``p``; off-wafer positions (0) never change.
 
-    Off-wafer positions (0) never change; the dtype is kept. codes: [B, C, H, W] in {0, 1, 2}.
-    Models the test-to-test noise of die-level pass/fail results (fastsiam-wafers uses ~3 %).
+    Models the test-to-test noise of die-level results (a few per cent of dies). Each die of
+    each sample draws on its own. codes: [B, C, H, W] in {0, 1, 2}, any dtype (kept).
     """
-    if p <= 0:
+    check_probability(p, "die-flip p")
+    if p == 0:
         return codes
-    flip = (codes > 0) & (rand(tuple(codes.shape), codes, generator) < p)
-    return torch.where(flip, 3 - codes, codes)
+    flip = (codes > OFF_WAFER) & (rand(tuple(codes.shape), codes, generator) < p)
+    # arithmetic rather than torch.where, which is slow on CPU for full-size masks
+    if codes.dtype.is_floating_point:
+        return codes + flip.to(codes.dtype) * ((PASS + FAIL) - 2 * codes)
+    return codes ^ (flip.to(codes.dtype) * (PASS ^ FAIL))
