@@ -461,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_report)
 
+    from selfsup.wafers import add_wafer_commands
+
+    add_wafer_commands(sub)  # selfsup wafers similar | synth
+
     p = sub.add_parser("methods", help="list methods and their default hyper-parameters")
     p.set_defaults(func=cmd_methods)
     p = sub.add_parser("backbones", help="list backbones")

@@ -57,6 +57,9 @@ _MOVED_CLASSES = {
     ("pandas.core.indexes.numeric", "Float64Index"): ("pandas.core.indexes.base", "Index"),
     ("pandas.core.indexes.numeric", "UInt64Index"): ("pandas.core.indexes.base", "Index"),
     ("pandas.core.categorical", "Categorical"): ("pandas.core.arrays", "Categorical"),
+    # pandas 0.15-0.17 (2015, when LSWMD.pkl was written) kept the row index here
+    ("pandas.core.index", "Int64Index"): ("pandas.core.indexes.base", "Index"),
+    ("pandas.core.index", "Float64Index"): ("pandas.core.indexes.base", "Index"),
 }
 # old package -> new one, for the package and every module under it
 _MOVED_PACKAGES = {"pandas.indexes": "pandas.core.indexes"}
