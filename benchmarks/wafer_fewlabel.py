@@ -101,14 +101,16 @@ def finetune_rows(name, backbone, recipe, data, num_classes, class_names, args) 
         result = finetune(
             backbone, data[split].images, data[split].labels, val_sel.images, val_sel.labels,
             augment=recipe.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
-            epochs=args.finetune_epochs, precision=args.precision,
+            epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
+            batch_size=args.finetune_batch, precision=args.precision,
         )  # fmt: skip
         test = result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
         )
         rows.setdefault(name, {})[split] = {
             **scores(test),
-            "chosen": {"epoch": result.epoch, "val_macro_f1": result.val_macro_f1},
+            "chosen": {"step": result.step, "epoch": result.epoch,
+                       "val_macro_f1": result.val_macro_f1},
             "seconds": time.perf_counter() - start,
         }
         print(f"  {name} {split}: test macro-F1 {test['macro_f1']:.3f}", flush=True)
@@ -124,7 +126,8 @@ def table(rows: dict[str, Any], key: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns {row name: {split: scores}} (also printed and saved)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", help="run folder of a finished wafer pretraining")
     parser.add_argument("--pretrain", action="store_true", help="pretrain first")
@@ -133,12 +136,15 @@ def main() -> None:
     parser.add_argument("--out", default="runs/wafer_fewlabel")
     parser.add_argument("--protocols", nargs="+", default=["linear", "mlp", "finetune"])
     parser.add_argument("--baselines", nargs="+", default=["random", "raw", "supervised"])
-    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--finetune-epochs", type=int, default=15)
+    parser.add_argument("--finetune-min-steps", type=int, default=300,
+                        help="at least this many fine-tuning steps (1 %% = 623 labels)")
+    parser.add_argument("--finetune-batch", type=int, default=128)
     parser.add_argument("--finetune-val", type=int, default=4000, help="val maps for selection")
     parser.add_argument("--subsample", type=int, default=None, help="cap every split (smoke)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", default=None, help="where to write all numbers")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.run and not args.pretrain:
         parser.error("give --run RUN_FOLDER or --pretrain")
     args.precision = resolve_precision(args.precision, "auto")
@@ -194,6 +200,7 @@ def main() -> None:
     out = Path(args.json or Path(ckpt.parent.parent) / "wafer_fewlabel.json")
     out.write_text(json.dumps({"rows": rows, "checkpoint": str(ckpt)}, indent=2))
     print(f"all numbers: {out}")
+    return rows
 
 
 if __name__ == "__main__":

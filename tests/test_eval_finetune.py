@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from selfsup.backbones import build_backbone
-from selfsup.eval.finetune import finetune, stratified_fraction
+from selfsup.eval.finetune import class_weights, finetune, stratified_fraction
 
 
 def test_stratified_fraction_is_stratified_seeded_and_keeps_every_class():
@@ -39,7 +39,9 @@ def test_finetune_learns_and_selects_epoch_on_val():
         num_classes=2, epochs=6, batch_size=16, lr=0.5, backbone_lr=0.05,
     )  # fmt: skip
     assert result.val_macro_f1 > 0.9
-    assert result.history[result.epoch] == max(result.history) == result.val_macro_f1
+    scores = dict(result.history)
+    assert scores[result.step] == max(scores.values()) == result.val_macro_f1
+    assert result.epoch == pytest.approx(result.step / 4)  # 64 images, batch 16
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items()), (
         "the caller's backbone must not change"
     )
@@ -56,3 +58,28 @@ def test_frozen_backbone_only_trains_head():
     )  # fmt: skip
     for k, v in backbone.state_dict().items():
         assert torch.equal(v, result.model.backbone.state_dict()[k])
+
+
+def test_min_steps_and_evaluations_give_few_labels_enough_steps():
+    train_x, train_y = blobs(8, 0)
+    val_x, val_y = blobs(16, 1)
+    result = finetune(
+        build_backbone("convnet_tiny", 1, width=4), train_x, train_y, val_x, val_y,
+        augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+        num_classes=2, epochs=1, min_steps=30, evaluations=3, batch_size=4,
+    )  # fmt: skip
+    assert [step for step, _ in result.history] == [10, 20, 30]
+
+
+def test_class_weights_modes():
+    labels = torch.tensor([0] * 100 + [1] * 4 + [2] * 1)
+    assert class_weights(labels, 4, "none") is None
+    balanced = class_weights(labels, 4, "balanced")
+    sqrt = class_weights(labels, 4, "sqrt")
+    for w in (balanced, sqrt):
+        assert w[3] == 0  # absent class
+        assert w[:3].mean().item() == pytest.approx(1.0)
+    assert balanced[2] / balanced[0] == pytest.approx(100.0)
+    assert sqrt[2] / sqrt[0] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="class_weighting"):
+        class_weights(labels, 4, "inverse")

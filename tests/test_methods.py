@@ -284,3 +284,18 @@ def test_registry_lists_all_eight_with_paper_defaults():
     method = build("simclr", temperature=0.1)
     assert type(method).method_name == "simclr" and method.temperature == 0.1
     assert method.hyperparameters()["temperature"] == 0.1
+
+
+def test_views_dict_sets_recipe_parameters_and_survives_a_rebuild():
+    method = selfsup.build(
+        "fastsiam", backbone="convnet_tiny", in_channels=1, image_size=16, view_style="wafer",
+        backbone_kwargs={"width": 4}, views={"regrid_p": 0.5}, num_views=3,
+    )  # fmt: skip
+    assert method.views.params["regrid_p"] == 0.5 and method.views.num_views == 3
+    again = selfsup.build("fastsiam", **method.hyperparameters())
+    assert again.views.params == method.views.params
+    with pytest.raises(ValueError, match="has no parameter 'regrid'"):
+        selfsup.build("fastsiam", backbone="convnet_tiny", in_channels=1, image_size=16,
+                      view_style="wafer", views={"regrid": 0.5})  # fmt: skip
+    with pytest.raises(ValueError, match="num_views follow"):
+        selfsup.build("fastsiam", backbone="convnet_tiny", views={"num_views": 2})

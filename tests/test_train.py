@@ -190,3 +190,14 @@ def test_two_process_ddp_run_on_cpu(labelled_npz, tmp_path):
     assert provenance["world_size"] == 2
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["ddp"]  # no second run folder
+
+
+def test_keyword_none_overrides_config_defaults(tmp_path):
+    from selfsup.train.pretrain import _as_config
+
+    assert _as_config(None, {"val_split": None}).val_split is None
+    assert _as_config(None, {}).val_split == "val"
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 7\nval_split: val\n")
+    cfg = _as_config(str(path), {"val_split": None})
+    assert cfg.epochs == 7 and cfg.val_split is None

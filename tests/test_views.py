@@ -506,6 +506,7 @@ def test_wafer_views_hold_only_three_values(name):
     extra = {} if name == "rotation" else {"free_rotation_degrees": 25}
     if name not in ("rotation", "dino"):
         extra["crop_scale"] = (0.5, 1.0)
+    extra |= {"regrid_p": 0.5, "regrid_scale": (0.4, 0.9)}
     recipe = make_views(name, image_size=20, in_channels=1, style="wafer", die_flip_p=0.2, **extra)
     for view in recipe(codes, generator=gen()):
         assert set(view.unique().tolist()) == {0.0, 0.5, 1.0}
@@ -528,6 +529,26 @@ def test_wafer_views_apply_die_flip_noise():
         out = view * 2
         assert (out[codes == 0] == 0).all()
         assert 0.15 < (out != codes)[codes > 0].float().mean() < 0.25
+
+
+def test_regrid_makes_coarser_die_grids_and_keeps_values():
+    from selfsup.views.wafer import random_regrid
+
+    codes = wafer_batch(b=6, size=12)
+    assert torch.equal(random_regrid(codes, p=0.0, generator=gen()), codes)
+    assert torch.equal(random_regrid(codes, p=1.0, scale=(1.0, 1.0), generator=gen()), codes)
+    half = random_regrid(codes, p=1.0, scale=(0.5, 0.5), generator=gen())
+    assert half.dtype == codes.dtype and half.shape == codes.shape
+    for b in range(codes.shape[0]):  # 6 x 6 dies, each a 2 x 2 block of one of the old dies
+        blocks = half[b, 0].unfold(0, 2, 2).unfold(1, 2, 2).reshape(6, 6, 4)
+        assert (blocks == blocks[..., :1]).all()
+        assert torch.equal(half[b, 0, ::2, ::2], codes[b, 0, 1::2, 1::2])
+    mixed = random_regrid(codes.float(), p=0.5, scale=(0.3, 0.7), generator=gen())
+    assert set(mixed.unique().tolist()) <= {0.0, 1.0, 2.0}
+    changed = [(mixed[b] != codes[b]).any().item() for b in range(codes.shape[0])]
+    assert 0 < sum(changed) < codes.shape[0]  # p = 0.5: some maps, not all
+    with pytest.raises(ValueError, match="regrid p"):
+        random_regrid(codes, p=1.5)
 
 
 def test_wafer_views_refuse_scaled_maps():

@@ -321,3 +321,20 @@ def test_real_train_1_split_equals_builtin_npz():
     flat, shapes, offsets = raw["maps_flat"], raw["shapes"], raw["offsets"]
     for k, m in zip(keep, maps.maps, strict=True):
         assert np.array_equal(m, flat[offsets[k] : offsets[k + 1]].reshape(shapes[k]))
+
+
+def test_converted_full_file_loads_by_its_own_split_names(tmp_path, caplog):
+    maps = small_maps(["Training", "", "Test", "Training"])
+    path = write_wafer_npz(maps, tmp_path / "lswmd.npz")
+    training = load_wafer_subset("Training", image_size=4, path=path)
+    assert training.labels.tolist() == [3, 8]
+    assert training.names == ["wm811k:100", "wm811k:103"]
+    assert load_wafer_subset("Test", image_size=4, path=path).labels.tolist() == [0]
+    with caplog.at_level("INFO", logger="selfsup.data.wafers"):
+        everything = load_wafer_subset("all", image_size=4, path=path)
+    assert len(everything) == 4 and everything.labels is None  # unlabeled rows: no labels
+    assert "1 of 4 maps are unlabeled" in caplog.text
+    unlabeled = load_wafer_subset("unlabeled", image_size=4, path=path)
+    assert len(unlabeled) == 1 and unlabeled.names == ["wm811k:101"]
+    with pytest.raises(ValueError, match=r"lswmd.npz' has no split 'train_1'.*Test, Training"):
+        load_wafer_subset("train_1", image_size=4, path=path)

@@ -9,6 +9,7 @@ values between the codes.
 from __future__ import annotations
 
 import functools
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from selfsup.data.dataset import ImageDataset
+
+logger = logging.getLogger(__name__)
 
 PACKAGED_FILE = "wm811k_clean_subset.npz"
 
@@ -104,7 +107,42 @@ def _display_name(splits: tuple[str, ...]) -> str:
         if splits == tuple(SPLITS[m] for m in members):
             return group
     long_to_short = {v: k for k, v in SPLITS.items()}
-    return "+".join(long_to_short[s] for s in splits)
+    return "+".join(long_to_short.get(s, s or UNLABELED) for s in splits)
+
+
+UNLABELED = "unlabeled"  # the split of rows a converted full WM-811K file has no split for
+
+
+def file_splits(
+    available: np.ndarray, splits: str | list[str] | tuple[str, ...], path: str
+) -> tuple[str, ...]:
+    """The file's split values that ``splits`` asks for.
+
+    Files with the clean subset's splits take its short, long and group names
+    (``canonical_splits``). Other files, such as a full LSWMD.pkl converted by
+    ``selfsup data wafers convert``, take their own split names ("Training", "Test"),
+    "unlabeled" for rows without one, and "all" for every row.
+    """
+    present = {str(v) for v in np.unique(available)}
+    if present & set(SPLITS.values()):
+        return canonical_splits(splits)
+    requested = [splits] if isinstance(splits, str) else list(splits)
+    chosen: set[str] = set()
+    for name in requested:
+        if name == "all":
+            chosen |= present
+        elif name == UNLABELED and "" in present:
+            chosen.add("")
+        elif name in present and name != "":
+            chosen.add(name)
+        else:
+            names = sorted(v or UNLABELED for v in present)
+            raise ValueError(
+                f"wafer file '{path}' has no split '{name}'; it has: {', '.join(names)} (and 'all')"
+            )
+    if not chosen:
+        raise ValueError(f"splits is empty for wafer file '{path}'")
+    return tuple(sorted(chosen))
 
 
 def _valid_splits() -> str:
@@ -129,9 +167,15 @@ def _load_cached(path: str, image_size: int, splits: tuple[str, ...]) -> ImageDa
     keep = np.flatnonzero(np.isin(raw["split"], np.asarray(splits)))
     maps = resize_flat_maps(raw["maps_flat"], raw["shapes"][keep], raw["offsets"][keep], image_size)
     short = _display_name(splits)
+    labels = raw["labels"][keep].astype(np.int64)
+    if (labels < 0).any():  # unlabeled rows (full WM-811K): a pretraining set, no labels
+        logger.info(
+            "wafer file '%s' (%s): %d of %d maps are unlabeled; the dataset has no labels",
+            path, short, int((labels < 0).sum()), len(labels),
+        )  # fmt: skip
     return ImageDataset(
         torch.from_numpy(maps).unsqueeze(1),
-        raw["labels"][keep].astype(np.int64),
+        None if (labels < 0).any() else labels,
         class_names=[str(c) for c in raw["class_names"]],
         names=[f"wm811k:{i}" for i in raw["source_index"][keep].tolist()],
         style="wafer",
@@ -147,7 +191,9 @@ def load_wafer_subset(
     splits: train_1 (623), train_10 (6,225), train_20 (12,449), train_29 (18,051), val (12,450),
     test (12,450); "train" = the four train splits (37,348), "all" = everything (62,248). The
     file's long names (train_1_split, val_data, test_data, ...) work too. ``path`` reads another
-    npz of the same format instead of the packaged one.
+    npz of the same format instead of the packaged one, e.g. a full LSWMD.pkl converted by
+    ``selfsup data wafers convert``, whose splits are "Training", "Test", "unlabeled" and
+    "all" (see ``file_splits``); a selection with unlabeled maps has no labels.
 
     Returns style="wafer", 1 channel, values 0/1/2, 9 classes (Center ... Scratch, none). The
     result is cached per (path, image_size, splits) for the process, so the same object comes
@@ -158,4 +204,6 @@ def load_wafer_subset(
     file = Path(path) if path is not None else packaged_path()
     if not file.is_file():
         raise FileNotFoundError(f"wafer map file '{file}' does not exist")
-    return _load_cached(str(file.resolve()), int(image_size), canonical_splits(splits))
+    path_str = str(file.resolve())
+    chosen = file_splits(read_wafer_file(path_str)["split"], splits, str(file))
+    return _load_cached(path_str, int(image_size), chosen)

@@ -1,8 +1,8 @@
 """Few-label fine-tuning: backbone + linear head trained on a (stratified) fraction of labels.
 
 The semi-supervised protocol of SimCLR (Chen et al. 2020, Sec. 6: fine-tune on 1 % / 10 % of
-the labels) with selection on the validation split: after every epoch the model scores macro-F1
-on val; the best epoch's weights are returned. The test split never enters this module.
+the labels) with selection on the validation split: at evenly spaced steps the model scores
+macro-F1 on val; the best step's weights are returned. The test split never enters this module.
 The backbone has its own (smaller) learning rate; the head starts from zero.
 """
 
@@ -53,10 +53,17 @@ class Classifier(nn.Module):
 
 @dataclass
 class FinetuneResult:
+    """The fine-tuned model at its best validation step.
+
+    ``history`` holds (step, val macro-F1) of every evaluation; ``step`` is the chosen one and
+    ``epoch`` the same point in passes over the labelled set.
+    """
+
     model: Classifier
-    epoch: int
+    step: int
+    epoch: float
     val_macro_f1: float
-    history: list[float] = field(default_factory=list)
+    history: list[tuple[int, float]] = field(default_factory=list)
 
     @torch.no_grad()
     def predict(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
@@ -76,38 +83,29 @@ class FinetuneResult:
         )
 
 
-def finetune(
-    backbone: nn.Module,
-    train_images: Tensor,
-    train_labels: Tensor,
-    val_images: Tensor,
-    val_labels: Tensor,
-    *,
-    augment: Callable[[Tensor], Tensor],
-    preprocess: Callable[[Tensor], Tensor],
-    num_classes: int,
-    epochs: int = 30,
-    batch_size: int = 256,
-    lr: float = 0.1,
-    backbone_lr: float | None = 0.01,
-    weight_decay: float = 5e-4,
-    class_balanced: bool = True,
-    precision: str = "32-true",
-    seed: int = 0,
-) -> FinetuneResult:
-    """Fine-tune a copy of ``backbone`` with a linear head; pick the epoch on val macro-F1.
+def class_weights(labels: Tensor, num_classes: int, mode: str) -> Tensor | None:
+    """Cross-entropy class weights [C] from the labelled set, mean 1 over present classes.
 
-    ``augment`` maps a raw batch to one augmented float view; ``preprocess`` is the
-    deterministic eval transform. ``backbone_lr=None`` freezes the backbone (a linear probe
-    trained with augmentation); otherwise SGD with momentum, warm-up + cosine over all steps.
-    ``class_balanced`` weights the loss by inverse class frequency (few labels, 59 % "none").
+    mode "none": no weights; "balanced": N / (C n_c) (inverse frequency, as scikit-learn);
+    "sqrt": 1 / sqrt(n_c), the milder choice for few labels, where "balanced" gives a class
+    with 1 example hundreds of times the weight of the majority and the model chases it.
+    Classes absent from ``labels`` get weight 0.
     """
-    if train_images.shape[0] == 0:
-        raise ValueError("finetune: no training images")
-    torch.manual_seed(seed)
-    model = Classifier(copy.deepcopy(backbone), num_classes)
-    device = next(backbone.parameters()).device
-    model.to(device)
+    if mode == "none":
+        return None
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = counts > 0
+    if mode == "balanced":
+        raw = 1.0 / counts.clamp(min=1)
+    elif mode == "sqrt":
+        raw = counts.clamp(min=1).rsqrt()
+    else:
+        raise ValueError(f"class_weighting must be none, balanced or sqrt, got '{mode}'")
+    raw = torch.where(present, raw, 0.0)
+    return raw * present.sum() / raw.sum()
+
+
+def _optimizer(model: Classifier, lr: float, backbone_lr: float | None, weight_decay: float):
     head_groups = parameter_groups(model.head, weight_decay)
     for g in head_groups:
         g["lr"] = lr
@@ -121,47 +119,95 @@ def finetune(
         groups = groups + backbone_groups
     for g in groups:
         g.pop("lars_exclude", None)
-    optimizer = torch.optim.SGD(groups, momentum=0.9)
-    batch_size = min(batch_size, train_images.shape[0])
-    steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
-    total = epochs * steps_per_epoch
+    return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless shuffled batches of indices: a new permutation per pass, no batch below 2."""
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - 1, batch_size):
+            idx = order[start : start + batch_size]
+            if idx.numel() >= 2:  # BatchNorm needs two samples
+                yield idx
+
+
+def finetune(
+    backbone: nn.Module,
+    train_images: Tensor,
+    train_labels: Tensor,
+    val_images: Tensor,
+    val_labels: Tensor,
+    *,
+    augment: Callable[[Tensor], Tensor],
+    preprocess: Callable[[Tensor], Tensor],
+    num_classes: int,
+    epochs: int = 30,
+    min_steps: int = 0,
+    evaluations: int = 10,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    backbone_lr: float | None = 0.01,
+    weight_decay: float = 5e-4,
+    class_weighting: str = "sqrt",
+    label_smoothing: float = 0.0,
+    precision: str = "32-true",
+    seed: int = 0,
+) -> FinetuneResult:
+    """Fine-tune a copy of ``backbone`` with a linear head; pick the step on val macro-F1.
+
+    Trains for ``max(epochs * steps_per_epoch, min_steps)`` SGD steps (Nesterov momentum 0.9,
+    linear warm-up over the first 5 % then cosine to 0), so a few hundred labels still get
+    enough steps; the model is scored on val ``evaluations`` times, evenly spaced, and the
+    best state is returned. ``augment`` maps a raw uint8 batch to one augmented float view;
+    ``preprocess`` is the deterministic eval transform. ``backbone_lr=None`` freezes the
+    backbone (a linear probe trained with augmentation). ``class_weighting``: see
+    ``class_weights``. ``precision`` "bf16-mixed" runs forward passes under bf16 autocast.
+    """
+    if train_images.shape[0] < 2:
+        raise ValueError(f"finetune: need at least 2 training images, got {train_images.shape[0]}")
+    if evaluations < 1:
+        raise ValueError(f"finetune: evaluations must be >= 1, got {evaluations}")
+    torch.manual_seed(seed)
+    model = Classifier(copy.deepcopy(backbone), num_classes)
+    device = next(backbone.parameters()).device
+    model.to(device)
+    optimizer = _optimizer(model, lr, backbone_lr, weight_decay)
+    n = train_images.shape[0]
+    batch_size = min(batch_size, n)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = max(epochs * steps_per_epoch, min_steps, 1)
+    eval_at = {round(total * (i + 1) / evaluations) for i in range(evaluations)}
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    weight = None
-    if class_balanced:
-        counts = torch.bincount(train_labels, minlength=num_classes).float()
-        weight = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), 0.0)
-        weight = weight.to(device)
+    weight = class_weights(train_labels, num_classes, class_weighting)
+    weight = weight.to(device) if weight is not None else None
     use_bf16 = precision == "bf16-mixed"
-    generator = torch.Generator().manual_seed(seed)
-    best_state, best_epoch, best_score, history = None, -1, -1.0, []
-    step = 0
-    for epoch in range(epochs):
+    batches = _batches(n, batch_size, torch.Generator().manual_seed(seed))
+    best_state, best_step, best_score, history = None, 0, -1.0, []
+    for step in range(1, total + 1):
         model.train()
         if backbone_lr is None:
             model.backbone.eval()
-        order = torch.randperm(train_images.shape[0], generator=generator)
-        for start in range(0, order.numel(), batch_size):
-            idx = order[start : start + batch_size]
-            if idx.numel() < 2:  # BatchNorm needs two samples
-                continue
-            factor = warmup_cosine(step, total, steps_per_epoch)
-            for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                g["lr"] = base * factor
-            x = augment(train_images[idx].to(device))
-            y = train_labels[idx].to(device)
+        factor = warmup_cosine(step - 1, total, max(1, total // 20))
+        for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            g["lr"] = base * factor
+        idx = next(batches)
+        x = augment(train_images[idx].to(device))
+        y = train_labels[idx].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step in eval_at:
+            probe = FinetuneResult(model, step, step / steps_per_epoch, 0.0)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-        result = FinetuneResult(model, epoch, 0.0)
-        preds = result.predict(val_images, preprocess).argmax(1)
-        score = macro_f1(val_labels, preds, num_classes)
-        history.append(score)
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
+                preds = probe.predict(val_images, preprocess).argmax(1)
+            score = macro_f1(val_labels, preds, num_classes)
+            history.append((step, score))
+            if score > best_score:
+                best_score, best_step = score, step
+                best_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
-    return FinetuneResult(model.eval(), best_epoch, best_score, history)
+    return FinetuneResult(model.eval(), best_step, best_step / steps_per_epoch, best_score, history)

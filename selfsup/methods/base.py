@@ -80,16 +80,29 @@ class Method(nn.Module):
     def _resolve_views(self, views: Any) -> Callable[[Tensor], list[Tensor]]:
         from selfsup.views.recipes import make_views
 
-        if views is None or isinstance(views, str):
+        if views is None or isinstance(views, (str, dict)):
+            # a dict holds recipe parameters on top of the method's own (e.g. regrid_p)
+            extra = views if isinstance(views, dict) else {}
+            derived = self.view_overrides()
+            clash = sorted(set(extra) & set(derived))
+            if clash:
+                raise ValueError(
+                    f"views: {', '.join(clash)} follow(s) the method's own parameters; "
+                    f"set them on the method (e.g. {clash[0]}={extra[clash[0]]!r})"
+                )
             return make_views(
-                views or self.view_recipe,
+                views if isinstance(views, str) else self.view_recipe,
                 image_size=self.image_size,
                 in_channels=self.in_channels,
                 style=self.view_style,
-                **self.view_overrides(),
+                **derived,
+                **extra,
             )
         if not callable(views):
-            raise ValueError(f"views must be a recipe name or a callable, got {type(views)}")
+            raise ValueError(
+                f"views must be a recipe name, a dict of recipe parameters or a callable, "
+                f"got {type(views)}"
+            )
         return views
 
     def view_overrides(self) -> dict[str, Any]:

@@ -63,13 +63,16 @@ class _BatchDataModule(L.LightningDataModule):
 
 
 def _as_config(config: Any, kwargs: dict[str, Any]) -> PretrainConfig:
+    """The config, then keyword values on top; an explicit None (``val_split=None``) counts."""
     if isinstance(config, PretrainConfig):
-        return PretrainConfig.from_dict({**config.to_dict(), **kwargs})
-    if isinstance(config, dict):
-        return PretrainConfig.from_dict({**config, **kwargs})
-    if isinstance(config, (str, Path)):
-        return resolve_config(config, **kwargs)
-    return resolve_config(None, **kwargs)
+        base = config.to_dict()
+    elif isinstance(config, dict):
+        base = dict(config)
+    elif isinstance(config, (str, Path)):
+        base = resolve_config(config).to_dict()
+    else:
+        base = {}
+    return PretrainConfig.from_dict({**base, **kwargs})
 
 
 def _explicit_keys(config: Any, kwargs: dict[str, Any]) -> set[str]:

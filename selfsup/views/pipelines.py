@@ -15,7 +15,7 @@ from torch import Tensor
 from selfsup.views.color import color_jitter, gaussian_blur, random_grayscale, solarize
 from selfsup.views.geometric import random_affine
 from selfsup.views.sampling import check_probability, check_range
-from selfsup.views.wafer import die_flip_noise
+from selfsup.views.wafer import die_flip_noise, random_regrid
 
 
 def _check_view_fields(view: Any) -> None:
@@ -24,7 +24,9 @@ def _check_view_fields(view: Any) -> None:
         value = getattr(view, f.name)
         if f.name.endswith("_p"):
             check_probability(value, f.name)
-        elif f.name in ("crop_scale", "crop_ratio", "blur_sigma") and value is not None:
+        elif f.name in ("crop_scale", "crop_ratio", "blur_sigma", "regrid_scale") and (
+            value is not None
+        ):
             if len(value) != 2:
                 raise ValueError(f"{f.name} must be a (low, high) pair, got {value}")
             check_range(tuple(value), f.name, minimum=0.0)
@@ -91,6 +93,7 @@ class NaturalView:
 @dataclass(frozen=True)
 class WaferView:
     """One view of a wafer map (die codes 0 off-wafer, 1 pass, 2 fail): die-flip noise, then
+    optional re-gridding to fewer dies (``regrid_p``, ``regrid_scale``: see ``random_regrid``),
     a random multiple of 90 degrees, flips, optional free rotation and crop, and the resize to
     ``size``, all in one nearest-neighbour resample. Never colour, blur or solarize.
 
@@ -105,12 +108,15 @@ class WaferView:
     free_rotation_degrees: float = 0.0
     crop_scale: tuple[float, float] | None = None
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    regrid_p: float = 0.0
+    regrid_scale: tuple[float, float] = (0.5, 1.0)
 
     def __post_init__(self) -> None:
         _check_view_fields(self)
 
     def __call__(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
         codes = die_flip_noise(codes, self.die_flip_p, generator)
+        codes = random_regrid(codes, self.regrid_p, self.regrid_scale, generator)
         return random_affine(
             codes,
             self.size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from selfsup.views.sampling import check_probability, rand
+from selfsup.views.sampling import bernoulli, check_probability, check_range, rand, uniform
 
 OFF_WAFER, PASS, FAIL = 0, 1, 2
 
@@ -27,3 +27,41 @@ def die_flip_noise(
     if codes.dtype.is_floating_point:
         return codes + flip.to(codes.dtype) * ((PASS + FAIL) - 2 * codes)
     return codes ^ (flip.to(codes.dtype) * (PASS ^ FAIL))
+
+
+def _coarse_index(size: int, cells: Tensor) -> Tensor:
+    """[B, size] source positions of nearest-neighbour resampling to ``cells`` [B] cells and
+    back: output pixel d falls in cell floor((d + 0.5) cells / size), whose centre is sampled."""
+    dst = torch.arange(size, device=cells.device, dtype=torch.float64) + 0.5
+    n = cells.to(torch.float64)[:, None]
+    cell = torch.floor(dst[None, :] * n / size)
+    return torch.floor((cell + 0.5) * size / n).long().clamp_(0, size - 1)
+
+
+def random_regrid(
+    codes: Tensor,
+    p: float = 0.5,
+    scale: tuple[float, float] = (0.5, 1.0),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Re-grid each map, with probability ``p``, to fewer dies per wafer.
+
+    A chosen map is nearest-sampled onto a coarser grid of round(s H) x round(s W) dies,
+    s ~ U(scale), and back to H x W: the same wafer as a product with larger dies. WM-811K
+    mixes products from a few hundred to several thousand dies per wafer, and the die count
+    correlates with the class (Edge-Ring maps are large), so this view keeps a model from
+    keying on die density alone. Only a gather: the output holds the input's values.
+    codes: [B, C, H, W] any dtype; returns the same shape and dtype.
+    """
+    check_probability(p, "regrid p")
+    check_range(tuple(scale), "regrid scale", minimum=0.0)
+    if p == 0 or scale[0] >= 1:
+        return codes
+    b, c, h, w = codes.shape
+    chosen = bernoulli(b, p, codes, generator)
+    s = uniform(b, scale[0], min(scale[1], 1.0), codes, generator)
+    s = torch.where(chosen, s, torch.ones_like(s))
+    rows = _coarse_index(h, (s * h).round().clamp_(1, h))
+    cols = _coarse_index(w, (s * w).round().clamp_(1, w))
+    out = codes.gather(2, rows[:, None, :, None].expand(b, c, h, w))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
