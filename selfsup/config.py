@@ -57,6 +57,7 @@ class PretrainConfig:
     knn_max_val: int | None = None
     early_stopping_patience: int | None = None  # epochs without kNN improvement before stopping
     collapse_threshold: float = 0.02  # std of normalised embeddings below this x sqrt(D) warns
+    collapse_stop: bool = True  # end training at the first collapsed epoch
     log_every_n_steps: int = 10
     num_workers: int = 0
     progress_bar: bool = True

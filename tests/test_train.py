@@ -201,3 +201,31 @@ def test_keyword_none_overrides_config_defaults(tmp_path):
     path.write_text("epochs: 7\nval_split: val\n")
     cfg = _as_config(str(path), {"val_split": None})
     assert cfg.epochs == 7 and cfg.val_split is None
+
+
+def test_collapse_stops_training_and_the_export_is_the_best_val_epoch(labelled_npz, tmp_path):
+    from selfsup.export import load_backbone
+
+    train, val = labelled_npz
+    # every epoch counts as collapsed with this threshold: training must end after the first
+    _, run = selfsup.pretrain(tiny_config(train, val, tmp_path, epochs=4, collapse_threshold=10.0))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["collapse_warnings_epochs"] == [0]
+    assert summary["steps"] == 96 // 16  # one epoch, not four
+
+    # without the collapse stop: 3 epochs; the exported backbone is best.ckpt's, not the last
+    _, run = selfsup.pretrain(
+        tiny_config(train, val, tmp_path, epochs=3, collapse_stop=False, name="run2")
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["exported_checkpoint"] == "best" and summary["steps"] == 3 * (96 // 16)
+    history = summary["knn_history"]
+    best = max(history, key=lambda h: h["knn3_macro_f1"])
+    assert summary["pretrained_epoch"] == best["epoch"]
+    assert summary["pretrained"]["knn3_macro_f1"] == best["knn3_macro_f1"]
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    exported = load_backbone(run).state_dict()
+    prefix = "method.backbone."
+    for key, value in ckpt["state_dict"].items():
+        if key.startswith(prefix):
+            assert torch.equal(exported[key[len(prefix) :]], value), key

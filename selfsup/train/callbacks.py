@@ -104,14 +104,18 @@ class KNNMonitor(L.Callback):
 
 
 class CollapseMonitor(L.Callback):
-    """Warns (once per epoch) when ``train/collapse_std`` falls below ``threshold``.
+    """Warns when ``train/collapse_std`` falls below ``threshold`` at an epoch's end, and with
+    ``stop=True`` ends training there, so a collapsed model is never trained further.
 
     collapse_std is the std of L2-normalised projections scaled by sqrt(D): ~1 when spread,
     0 when every sample maps to the same point (SimSiam/FastSiam collapse late on wafer maps).
+    The collapsed epoch's checkpoint is still written (``last.ckpt``) but, when a kNN monitor
+    runs, ``best.ckpt`` (what the run exports) holds the best epoch on validation.
     """
 
-    def __init__(self, threshold: float = 0.02) -> None:
+    def __init__(self, threshold: float = 0.02, stop: bool = True) -> None:
         self.threshold = threshold
+        self.stop = stop
         self.collapsed_epochs: list[int] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -122,11 +126,14 @@ class CollapseMonitor(L.Callback):
         if value < self.threshold:
             self.collapsed_epochs.append(trainer.current_epoch)
             log.warning(
-                "epoch %d: representation collapse suspected (collapse_std %.4f < %.4f)",
+                "epoch %d: representation collapse suspected (collapse_std %.4f < %.4f)%s",
                 trainer.current_epoch,
                 value,
                 self.threshold,
+                "; stopping training" if self.stop else "",
             )
+            if self.stop:
+                trainer.should_stop = True
 
 
 class ThroughputMonitor(L.Callback):

@@ -184,7 +184,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     bank, queries = _monitor_data(cfg, train)
     knn_precision = "bf16-mixed" if precision == "bf16-mixed" else "32-true"
 
-    callbacks: list[L.Callback] = [ThroughputMonitor(), CollapseMonitor(cfg.collapse_threshold)]
+    callbacks: list[L.Callback] = [ThroughputMonitor(), CollapseMonitor(cfg.collapse_threshold, cfg.collapse_stop)]
     monitor_key = None
     if bank is not None:
         callbacks.append(
@@ -341,12 +341,21 @@ def _finish_run(
 ) -> None:
     from selfsup.export import export_backbone
 
+    best = run_dir / "checkpoints" / "best.ckpt"
+    if best.is_file():  # the epoch chosen on the val kNN, never a later collapsed one
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
     method = module.method
     export_backbone(method, run_dir)
+    summary["exported_checkpoint"] = "best" if best.is_file() else "last"
     for cb in callbacks:
         if isinstance(cb, KNNMonitor) and cb.history:
-            summary["pretrained"] = {k: v for k, v in cb.history[-1].items() if k != "epoch"}
-            summary["knn_history"] = summary.get("knn_history", []) + cb.history
+            history = summary.get("knn_history", []) + cb.history
+            key = f"knn{cfg.knn_k[0]}_macro_f1"
+            chosen = max(history, key=lambda h: h[key]) if best.is_file() else history[-1]
+            summary["pretrained"] = {k: v for k, v in chosen.items() if k != "epoch"}
+            summary["pretrained_epoch"] = chosen["epoch"]
+            summary["knn_history"] = history
         if isinstance(cb, ThroughputMonitor) and cb.last:
             summary["images_per_s"] = cb.last
         if isinstance(cb, CollapseMonitor):
