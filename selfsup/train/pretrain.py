@@ -184,7 +184,10 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     bank, queries = _monitor_data(cfg, train)
     knn_precision = "bf16-mixed" if precision == "bf16-mixed" else "32-true"
 
-    callbacks: list[L.Callback] = [ThroughputMonitor(), CollapseMonitor(cfg.collapse_threshold, cfg.collapse_stop)]
+    callbacks: list[L.Callback] = [
+        ThroughputMonitor(),
+        CollapseMonitor(cfg.collapse_threshold, cfg.collapse_stop),
+    ]
     monitor_key = None
     if bank is not None:
         callbacks.append(
