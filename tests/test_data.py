@@ -1,7 +1,6 @@
 """selfsup.data: built-in wafers, image folders, arrays, loaders, check."""
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -89,9 +88,8 @@ def test_wafer_resize_matches_nearest_on_raw_maps():
 
 def test_wafer_load_is_cached_in_memory():
     first = load_wafer_subset("all", image_size=32)
-    start = time.perf_counter()
     again = load_dataset("wafers", image_size=32, split="all")
-    assert again is first and time.perf_counter() - start < 0.1
+    assert again is first  # the same object: nothing was decoded or resized again
 
 
 def test_wafer_errors():
