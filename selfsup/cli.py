@@ -1,4 +1,5 @@
-"""The ``selfsup`` command: pretrain, eval knn, embed, export, methods, backbones, data check."""
+"""The ``selfsup`` command: pretrain, eval (knn, linear, mlp, finetune, transfer), embed, export,
+report, methods, backbones, data."""
 
 from __future__ import annotations
 
@@ -64,21 +65,6 @@ def preprocess_for(meta: dict[str, Any]) -> Any:
     return recipe.preprocess
 
 
-WAFER_SPECS = ("wafers", "wm811k")
-
-
-def _load_eval_data(spec: str, meta: dict[str, Any], split: str | None) -> Any:
-    """Data at the backbone's image size; ``split`` applies to the built-in wafers only."""
-    from selfsup.data import load_dataset
-
-    return load_dataset(
-        spec,
-        image_size=meta["image_size"],
-        in_channels=meta["in_channels"],
-        split=split if spec in WAFER_SPECS else None,
-    )
-
-
 # --- commands -------------------------------------------------------------------------------------
 
 
@@ -122,148 +108,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval_knn(args: argparse.Namespace) -> int:
-    from selfsup.train.callbacks import backbone_knn_scores
-    from selfsup.train.checkpoint import atomic_write_text
-
-    if args.data not in WAFER_SPECS and not args.query_data:
-        raise ValueError(
-            f"eval knn: --query-data is needed with --data '{args.data}' "
-            "(queries must not be the bank itself)"
-        )
-    backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
-    bank = _load_eval_data(args.data, meta, args.bank_split)
-    queries = _load_eval_data(args.query_data or args.data, meta, args.split)
-    for role, ds in (("bank", bank), ("queries", queries)):
-        if ds.labels is None:
-            raise ValueError(f"eval knn: the {role} data '{ds.source}' has no labels")
-    scores = backbone_knn_scores(
-        backbone, preprocess, bank, queries, k=args.k, temperature=args.temperature
-    )
-    result = {
-        "protocol": "knn",
-        "k": args.k,
-        "temperature": args.temperature,
-        "bank": {"data": args.data, "split": args.bank_split, "size": len(bank)},
-        "queries": {
-            "data": args.query_data or args.data,
-            "split": args.split,
-            "size": len(queries),
-        },
-        "scores": scores,
-    }
-    print("| metric | value |\n|---|---|")
-    for key, value in scores.items():
-        print(f"| {key} | {value:.4f} |")
-    run = Path(args.run)
-    if run.is_dir():
-        atomic_write_text(
-            run / f"eval_knn_{args.split or 'data'}.json", json.dumps(result, indent=2)
-        )
-    return 0
-
-
-def _backbone_checksum(backbone: Any) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for key, value in sorted(backbone.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _protocol_splits(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
-    """train (labelled, maybe a fraction), val (selection only) and test (scored once)."""
-    import torch
-
-    from selfsup.eval.finetune import stratified_fraction
-
-    if args.data in WAFER_SPECS:
-        train = _load_eval_data(args.data, meta, args.train_split)
-        val = _load_eval_data(args.data, meta, args.val_split)
-        test = _load_eval_data(args.data, meta, args.test_split)
-    else:
-        if not args.test_data:
-            raise ValueError(
-                f"eval {args.protocol}: --test-data is needed with --data '{args.data}'"
-            )
-        train = _load_eval_data(args.data, meta, None)
-        test = _load_eval_data(args.test_data, meta, None)
-        if args.val_data:
-            val = _load_eval_data(args.val_data, meta, None)
-        else:  # carve a stratified, seeded 10 % of train for selection
-            if train.labels is None:
-                raise ValueError(f"eval {args.protocol}: '{args.data}' has no labels")
-            val_idx = stratified_fraction(train.labels, 0.1, seed=args.seed)
-            keep = torch.ones(len(train), dtype=torch.bool)
-            keep[val_idx] = False
-            val, train = train.subset(val_idx), train.subset(keep.nonzero().squeeze(1))
-    for role, ds in (("train", train), ("val", val), ("test", test)):
-        if ds.labels is None:
-            raise ValueError(f"eval {args.protocol}: the {role} data '{ds.source}' has no labels")
-    if args.label_fraction < 1:
-        train = train.subset(stratified_fraction(train.labels, args.label_fraction, args.seed))
-    return {"train": train, "val": val, "test": test}
-
-
-def cmd_eval_supervised(args: argparse.Namespace) -> int:
-    """linear / mlp probes on frozen features, or fine-tuning: chosen on val, test scored once."""
-    from selfsup.eval import extract_features, format_metrics_table, linear_probe, mlp_probe
-    from selfsup.eval.finetune import finetune
-    from selfsup.train.checkpoint import atomic_write_text
-    from selfsup.views.recipes import make_views
-
-    backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
-    splits = _protocol_splits(args, meta)
-    test = splits["test"]
-    num_classes = int(max(int(ds.labels.max()) for ds in splits.values()) + 1)
-    if args.protocol == "finetune":
-        style = meta.get("view_style", "natural")
-        recipe = make_views(
-            "simclr", image_size=meta["image_size"], in_channels=meta["in_channels"], style=style
-        )
-        result = finetune(
-            backbone, splits["train"].images, splits["train"].labels,
-            splits["val"].images, splits["val"].labels, augment=recipe.single_view,
-            preprocess=preprocess, num_classes=num_classes, epochs=args.epochs, seed=args.seed,
-        )  # fmt: skip
-        metrics = result.evaluate(test.images, test.labels, preprocess, test.class_names)
-        chosen = {"epoch": result.epoch, "val_macro_f1": result.val_macro_f1}
-    else:
-        feats = {k: extract_features(backbone, ds.images, preprocess) for k, ds in splits.items()}
-        fit = linear_probe if args.protocol == "linear" else mlp_probe
-        result = fit(
-            feats["train"], splits["train"].labels, feats["val"], splits["val"].labels,
-            num_classes=num_classes, seed=args.seed, patience=10,
-        )  # fmt: skip
-        metrics = result.evaluate(feats["test"], test.labels, class_names=test.class_names)
-        chosen = {**result.hyperparameters, "weight_decay": result.weight_decay,
-                  "epoch": result.epoch, "val_macro_f1": result.val_macro_f1}  # fmt: skip
-    record = {
-        "protocol": args.protocol,
-        "selection": "validation macro-F1; test scored once",
-        "seed": args.seed,
-        "label_fraction": args.label_fraction,
-        "splits": {k: {"source": ds.source, "size": len(ds)} for k, ds in splits.items()},
-        "backbone": {"name": meta.get("name"), "checksum": _backbone_checksum(backbone)},
-        "chosen": chosen,
-        "test": metrics,
-    }
-    keys = ["macro_f1", "balanced_accuracy", "accuracy"]
-    print(format_metrics_table({f"{args.protocol} (test)": metrics}, keys=keys))
-    run = Path(args.run)
-    if run.is_dir():
-        name = f"eval_{args.protocol}_{args.train_split if args.data in WAFER_SPECS else 'data'}"
-        atomic_write_text(run / f"{name}.json", json.dumps(record, indent=2, default=str))
-    return 0
-
-
 def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup.eval import extract_features
+    from selfsup.eval.commands import load_eval_data
 
     backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
-    data = _load_eval_data(args.data, meta, args.split)
+    data = load_eval_data(args.data, meta, args.split)
     feats = extract_features(backbone, data.images, preprocess, batch_size=args.batch_size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +231,8 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from selfsup.data.dataset import SPEC_HELP
+
     parser = argparse.ArgumentParser(prog="selfsup", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -390,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
     p.add_argument("--method")
     p.add_argument("--backbone")
-    p.add_argument("--data", help="'wafers' (built-in), an image folder, or a .npy/.npz file")
+    p.add_argument("--data", help=SPEC_HELP)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int, help="per device")
@@ -408,34 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a run or exported backbone")
-    eval_sub = p.add_subparsers(dest="protocol", required=True)
-    k = eval_sub.add_parser("knn", help="weighted kNN (cosine, exp(sim/t))")
-    _add_load_args(k)
-    k.add_argument("--data", default="wafers")
-    k.add_argument("--bank-split", default="train", help="labelled split voting (wafers)")
-    k.add_argument("--split", default="val", help="query split (wafers)")
-    k.add_argument("--query-data", help="other labelled data for the queries")
-    k.add_argument("--k", type=int, nargs="+", default=[5, 200])
-    k.add_argument("--temperature", type=float, default=0.1)
-    k.set_defaults(func=cmd_eval_knn)
-    for protocol, text in (
-        ("linear", "logistic regression on frozen features"),
-        ("mlp", "one-hidden-layer MLP on frozen features"),
-        ("finetune", "backbone + linear head trained on the labels"),
-    ):
-        e = eval_sub.add_parser(protocol, help=f"{text}; chosen on val, test scored once")
-        _add_load_args(e)
-        e.add_argument("--data", default="wafers", help="labelled training data")
-        e.add_argument("--train-split", default="train_10", help="wafers: labelled split")
-        e.add_argument("--val-split", default="val")
-        e.add_argument("--test-split", default="test")
-        e.add_argument("--val-data", help="other data: validation set (default: 10 %% of train)")
-        e.add_argument("--test-data", help="other data: test set")
-        e.add_argument("--label-fraction", type=float, default=1.0)
-        e.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
-        e.add_argument("--seed", type=int, default=0)
-        e.set_defaults(func=cmd_eval_supervised)
+    from selfsup.eval.commands import add_eval_commands
+
+    add_eval_commands(sub, _add_load_args)  # selfsup eval knn | linear | mlp | finetune | transfer
 
     p = sub.add_parser("embed", help="write backbone features to .npz (features, labels, names)")
     _add_load_args(p)
@@ -473,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="data utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     c = data_sub.add_parser("check", help="counts, sizes, unreadable files")
-    c.add_argument("path", help="'wafers', an image folder or a .npy/.npz file")
+    c.add_argument("path", help=SPEC_HELP)
     c.add_argument("--image-size", type=int, default=None)
     c.set_defaults(func=cmd_data_check)
     cc = data_sub.add_parser("coco-crops", help="COCO detection boxes -> per-class crop folders")

@@ -1,3 +1,5 @@
+import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -28,3 +30,38 @@ def labelled_npz(tmp_path: Path):
 def _private_cache(tmp_path_factory, monkeypatch):
     """Decoded-image caches go to a temporary folder, never to ~/.cache/selfsup."""
     monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = False, code: int | None = None) -> Path:
+    """The IDX layout written by hand: magic, big-endian uint32 dims, big-endian values."""
+    kind = array.dtype.str[1:]
+    header = struct.pack(">BBBB", 0, 0, IDX_CODES[kind] if code is None else code, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    return path
+
+
+def make_idx_folder(
+    folder: Path, n_train: int = 60, n_test: int = 30, *, size: int = 12, gz: bool = True
+) -> Path:
+    """An MNIST-style folder of 3 grey classes: class c is noise around grey level 30 + 90 c."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        rng = np.random.default_rng(seed)
+        labels = (np.arange(n) % 3).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, size, size), dtype=np.uint8)
+        images += (90 * labels).astype(np.uint8)[:, None, None]
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, gz=gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz=gz)
+    return folder
+
+
+@pytest.fixture
+def idx_folder(tmp_path: Path) -> Path:
+    """A small gzipped IDX folder: 60 train and 30 test 12x12 grey images of 3 classes."""
+    return make_idx_folder(tmp_path / "idx")

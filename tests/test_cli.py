@@ -9,6 +9,9 @@ import torch
 
 import selfsup
 from selfsup.cli import main
+from selfsup.data import ImageDataset
+from selfsup.data.dataset import CHANNEL_CONVERSIONS, WAFER_AS_GREY
+from selfsup.eval.commands import _match_styles
 from selfsup.export import load_method_from_checkpoint
 
 
@@ -178,3 +181,96 @@ def test_cli_wafers_convert_refuses_untrusted_pickle_then_converts(tmp_path, cap
     from selfsup.data import load_wafer_subset
 
     assert len(load_wafer_subset("train_1", image_size=16, path=dst)) == 623
+
+
+def test_cli_idx_folder_pretrain_knn_linear_and_transfer_to_rgb(
+    idx_folder, labelled_npz, tmp_path, capsys
+):
+    # pretrain on the IDX train split; the kNN monitor reads DIR:test
+    assert main(pretrain_args(idx_folder, f"{idx_folder}:test", tmp_path)) == 0
+    run = tmp_path / "cli"
+    assert "random init macro-F1" in capsys.readouterr().out
+
+    # kNN: the train split votes, the test split asks (no --query-data needed)
+    assert main(["eval", "knn", str(run), "--data", str(idx_folder), "--k", "3"]) == 0
+    knn = json.loads((run / "eval_knn_test.json").read_text())
+    assert (knn["bank"]["split"], knn["bank"]["size"]) == ("train", 60)
+    assert (knn["queries"]["split"], knn["queries"]["size"]) == ("test", 30)
+
+    # linear: val carved from the train split (10 % of 20 per class = 2 each), test = test split
+    assert main(["eval", "linear", str(run), "--data", str(idx_folder)]) == 0
+    record = json.loads((run / "eval_linear_train.json").read_text())
+    sizes = {role: split["size"] for role, split in record["splits"].items()}
+    assert sizes == {"train": 54, "val": 6, "test": 30}
+    assert "t10k-images" in record["splits"]["test"]["source"]
+    assert record["test"]["num_samples"] == 30 and record["seed"] == 0
+
+    assert main(["eval", "linear", str(run), "--data", str(idx_folder), "--val-split", "test"]) == 2
+    assert "the val and test data are the same" in capsys.readouterr().err
+
+    # transfer the grey backbone to RGB arrays: converted by luminance, and said so
+    train, val = labelled_npz
+    argv = ["eval", "transfer", str(run), "--data", str(train), "--test-data", str(val)]
+    assert main(argv) == 0
+    record = json.loads((run / "eval_transfer_linear_train.npz.json").read_text())
+    assert record["transfer"]["pretrained_on"]["data"] == str(idx_folder)
+    assert record["transfer"]["in_channels"] == 1
+    assert set(record["transfer"]["channel_conversion"]) == {str(train), str(val)}
+    assert set(record["transfer"]["channel_conversion"].values()) == {CHANNEL_CONVERSIONS[(3, 1)]}
+
+
+def test_cli_transfer_probes_an_rgb_backbone_on_a_grey_idx_folder(
+    labelled_npz, idx_folder, tmp_path, capsys
+):
+    train, val = labelled_npz
+    assert main(pretrain_args(train, val, tmp_path)) == 0
+    run = tmp_path / "cli"
+    assert main(["export", str(run)]) == 0
+    capsys.readouterr()
+    for probe, target in (("linear", run), ("mlp", run / "export")):
+        argv = ["eval", "transfer", str(target), "--data", str(idx_folder), "--probe", probe]
+        assert main(argv) == 0
+        assert f"transfer {probe} (test)" in capsys.readouterr().out
+        record = json.loads((target / f"eval_transfer_{probe}_idx.json").read_text())
+        transfer = record["transfer"]
+        assert record["protocol"] == "transfer" and transfer["probe"] == probe
+        assert record["chosen"]["probe"] == probe
+        # dataset A from the run's config.yaml, also when given the export folder
+        assert transfer["pretrained_on"]["data"] == str(train)
+        assert (transfer["image_size"], transfer["in_channels"]) == (16, 3)
+        assert set(transfer["channel_conversion"].values()) == {CHANNEL_CONVERSIONS[(1, 3)]}
+        sizes = {role: split["size"] for role, split in record["splits"].items()}
+        assert sizes == {"train": 54, "val": 6, "test": 30}
+        assert len(record["backbone"]["checksum"]) == 16
+        # 3 classes that differ in grey level: any sane probe beats chance on them
+        assert record["test"]["accuracy"] > 0.6
+
+
+def test_cli_transfer_needs_labelled_target_data(labelled_npz, tmp_path, capsys):
+    train, val = labelled_npz
+    assert main(pretrain_args(train, val, tmp_path)) == 0
+    assert main(["eval", "transfer", str(tmp_path / "cli"), "--data", str(train)]) == 2
+    assert "--test-data" in capsys.readouterr().err
+
+
+def test_cli_transfer_from_a_wafer_backbone_feeds_natural_images_in_its_range(idx_folder, tmp_path):
+    codes = np.random.default_rng(0).integers(0, 3, size=(64, 16, 16), dtype=np.uint8)
+    maps = tmp_path / "maps.npz"
+    np.savez(maps, images=codes)  # unlabelled: no kNN monitor
+    assert main(pretrain_args(maps, maps, tmp_path, "--set", "view_style=wafer")) == 0
+    run = tmp_path / "cli"
+    assert main(["eval", "transfer", str(run), "--data", str(idx_folder)]) == 0
+    transfer = json.loads((run / "eval_transfer_linear_idx.json").read_text())["transfer"]
+    assert transfer["style_conversion"].startswith("natural images scaled to [0, 1]")
+    assert transfer["channel_conversion"] is None
+
+
+def test_transfer_shows_wafer_maps_to_a_natural_backbone_as_grey_levels():
+    maps = ImageDataset(torch.tensor([[[[0, 1], [2, 1]]]], dtype=torch.uint8), style="wafer")
+    meta = {"view_style": "natural", "in_channels": 1, "image_size": 2}
+    splits, preprocess, note = _match_styles({"train": maps}, meta, "own preprocess")
+    assert splits["train"].images.flatten().tolist() == [0, 128, 255, 128]
+    assert splits["train"].style == "natural" and preprocess == "own preprocess"
+    assert note == WAFER_AS_GREY
+    same = _match_styles({"train": maps}, {**meta, "view_style": "wafer"}, "own preprocess")
+    assert same == ({"train": maps}, "own preprocess", None)

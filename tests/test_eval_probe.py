@@ -122,6 +122,31 @@ def test_class_balanced_weights_match_sklearn():
     assert res.hyperparameters["class_balanced"] is True
 
 
+def relu_features(counts, seed):
+    """Imbalanced classes seen through a random ReLU layer, squared: sparse, heavy-tailed
+    features like a conv net's, on which a unit L-BFGS step often overshoots."""
+    g, fixed = torch.Generator().manual_seed(2 * seed), torch.Generator().manual_seed(99 + seed)
+    centres, mix = torch.randn(len(counts), 8, generator=fixed), torch.randn(8, 16, generator=fixed)
+    bias = torch.randn(16, generator=fixed) * 0.5 - 1.0
+    y = torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])
+    z = centres[y] + 0.4 * torch.randn(len(y), 8, generator=g)
+    return torch.relu(z @ (mix / 8**0.5) + bias) ** 2, y
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_class_balanced_lbfgs_keeps_descending_to_a_separating_fit(seed):
+    # Regression: torch's LBFGS(max_iter=1) defaults to max_eval=1, which left the strong-Wolfe
+    # search no evaluation to shrink a rejected step; the weights froze for good (training
+    # macro-F1 stuck at 0.56 / 0.84 on these two sets; a wafer probe sat at 0.351).
+    x, y = relu_features((500, 30, 10, 3, 2, 1), seed)
+    res = linear_probe(
+        x, y, x, y, num_classes=6, class_balanced=True, weight_decays=(0.0,), epochs=40
+    )
+    # The sets are linearly separable: unregularised logistic regression must separate them.
+    assert res.val_macro_f1 == 1.0
+    assert res.hyperparameters["optimizer"] == "lbfgs"
+
+
 def test_probe_errors_name_the_culprit():
     (x, y), (xv, yv) = blobs(30, 0), blobs(30, 1)
     with pytest.raises(ValueError, match="val_features have dimension 4"):

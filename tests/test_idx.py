@@ -1,13 +1,15 @@
-"""IDX (MNIST-style) files: exact round trips, error messages, standard file names."""
+"""IDX (MNIST-style) files: exact round trips, error messages, standard file names, IDX folders
+as data specs (``DIR``, ``DIR:test``), grey <-> RGB conversion."""
 
 import gzip
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_idx_folder, write_idx
 
+from selfsup.data import check_data, load_dataset
+from selfsup.data.dataset import ImageDataset, spec_kind, split_spec
 from selfsup.data.idx import (
     FASHION_MNIST_CLASSES,
     find_idx_pair,
@@ -16,18 +18,6 @@ from selfsup.data.idx import (
     load_idx_folder,
     read_idx,
 )
-
-CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
-
-
-def write_idx(path: Path, array: np.ndarray, *, gz: bool = False, code: int | None = None) -> Path:
-    """The IDX layout written by hand: magic, big-endian uint32 dims, big-endian values."""
-    kind = array.dtype.str[1:]
-    header = struct.pack(">BBBB", 0, 0, CODES[kind] if code is None else code, array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    path.write_bytes(gzip.compress(payload) if gz else payload)
-    return path
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -141,3 +131,82 @@ def test_find_idx_pair_errors(tmp_path):
     write_idx(tmp_path / "emnist-digits-train-images-idx3-ubyte", images)
     with pytest.raises(ValueError, match="several train images"):
         find_idx_pair(tmp_path, "train")
+
+
+# --- IDX folders as data specs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_folder_is_a_data_spec_with_train_and_test_splits(tmp_path, gz):
+    folder = make_idx_folder(tmp_path / "digits", n_train=60, n_test=30, size=12, gz=gz)
+    (tmp_path / "digits" / "README").write_text("an IDX folder may hold other files")
+    assert spec_kind(str(folder)) == "idx" and spec_kind(f"{folder}:test") == "idx"
+    train = load_dataset(str(folder), image_size=12)
+    assert len(train) == 60 and train.images.shape == (60, 1, 12, 12)
+    assert train.labels.tolist()[:4] == [0, 1, 2, 0] and train.class_names is None
+    assert "train-images-idx3-ubyte" in train.source
+    for test in (
+        load_dataset(str(folder), image_size=16, split="test"),
+        load_dataset(f"{folder}:test", image_size=16),
+        load_dataset(f"{folder}:test", image_size=16, split="test"),
+    ):
+        assert len(test) == 30 and test.images.shape == (30, 1, 16, 16)
+        assert "t10k-images-idx3-ubyte" in test.source
+    assert len(load_dataset(f"{folder}:train", image_size=8, in_channels=1)) == 60
+
+
+def test_idx_split_errors_name_the_spec(tmp_path, idx_folder):
+    with pytest.raises(ValueError, match=r"names the split 'test' but split='train'"):
+        load_dataset(f"{idx_folder}:test", image_size=8, split="train")
+    with pytest.raises(ValueError, match=r"'.*idx' has the splits train, test, not 'val'"):
+        load_dataset(str(idx_folder), image_size=8, split="val")
+    with pytest.raises(ValueError, match=r"in_channels=3 but the data '.*idx' has 1 channel"):
+        load_dataset(str(idx_folder), image_size=8, in_channels=3)
+    with pytest.raises(FileNotFoundError, match=r"data '.*nowhere:test'.*does not exist"):
+        spec_kind(str(tmp_path / "nowhere:test"))
+    images = tmp_path / "images"
+    images.mkdir()
+    with pytest.raises(ValueError, match=r"':test' picks a split of an IDX folder.*'.*images'"):
+        load_dataset(f"{images}:test", image_size=8)
+    assert spec_kind(str(images)) == "folder"
+
+
+def test_only_train_and_test_suffixes_split_and_never_an_existing_path(tmp_path):
+    assert split_spec("data/fmnist:test") == ("data/fmnist", "test")
+    assert split_spec("data/fmnist:val") == ("data/fmnist:val", None)
+    assert split_spec("wafers") == ("wafers", None)
+    odd = make_idx_folder(tmp_path / "run:test", n_train=6, n_test=3, size=6)
+    assert split_spec(str(odd)) == (str(odd), None)  # a real folder called 'run:test'
+    assert len(load_dataset(str(odd), image_size=6)) == 6
+
+
+def test_fashion_mnist_folder_gets_its_class_names(tmp_path):
+    folder = make_idx_folder(tmp_path / "fashion-mnist", n_train=9, n_test=3, size=6)
+    data = load_dataset(f"{folder}:test", image_size=6)
+    assert data.class_names == list(FASHION_MNIST_CLASSES)
+    assert data.class_counts()["T-shirt/top"] == 1
+
+
+def test_data_check_reports_idx_splits_and_classes(idx_folder):
+    report = check_data(str(idx_folder), image_size=16)
+    assert report["kind"].startswith("IDX folder") and report["total"] == 90
+    assert report["splits"] == {"train": 60, "test": 30}
+    assert report["class_counts"] == {"0": 30, "1": 30, "2": 30}
+    assert report["sizes"]["smaller_than_image_size"] == 90
+    assert check_data(f"{idx_folder}:test")["splits"] == {"test": 30}
+
+
+def test_with_channels_repeats_grey_and_takes_the_luminance_of_rgb():
+    grey = ImageDataset(torch.tensor([[[[0, 100], [200, 255]]]], dtype=torch.uint8), [1])
+    rgb = grey.with_channels(3)
+    assert rgb.images.shape == (1, 3, 2, 2) and rgb.labels.tolist() == [1]
+    assert all(torch.equal(rgb.images[:, c], grey.images[:, 0]) for c in range(3))
+    assert "grey -> RGB" in rgb.source and grey.with_channels(1) is grey
+    # pure red, green, blue, white: round(255 * 0.299), round(255 * 0.587), round(255 * 0.114)
+    pixels = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]])
+    colours = ImageDataset(pixels.T.reshape(1, 3, 2, 2).to(torch.uint8))
+    assert colours.with_channels(1).images.flatten().tolist() == [76, 150, 29, 255]
+    assert torch.equal(rgb.with_channels(1).images, grey.images)  # exact round trip
+    two = ImageDataset(torch.zeros(1, 2, 2, 2, dtype=torch.uint8), source="two-channel data")
+    with pytest.raises(ValueError, match="two-channel data: cannot convert 2 channel"):
+        two.with_channels(3)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import selfsup
+from selfsup.data.dataset import spec_kind
 from selfsup.data.wafers import load_wafer_subset, nearest_resize, packaged_path, read_wafer_file
 from selfsup.data.wm811k_pickles import (
     CompatUnpickler,
@@ -338,3 +340,25 @@ def test_converted_full_file_loads_by_its_own_split_names(tmp_path, caplog):
     assert len(unlabeled) == 1 and unlabeled.names == ["wm811k:101"]
     with pytest.raises(ValueError, match=r"lswmd.npz' has no split 'train_1'.*Test, Training"):
         load_wafer_subset("train_1", image_size=4, path=path)
+
+
+def test_converted_full_file_is_a_data_spec_for_pretraining(tmp_path, caplog):
+    from selfsup.data import load_dataset
+
+    maps = small_maps(["Training", "", "Test", "Training"])
+    path = write_wafer_npz(maps, tmp_path / "lswmd.npz")
+    assert spec_kind(str(path)) == "wafer_file"
+    train = load_dataset(str(path), image_size=8, split="train")  # all but Test
+    assert train.names == ["wm811k:100", "wm811k:101", "wm811k:103"] and train.labels is None
+    assert train.style == "wafer" and train.images.max() <= 2
+    assert len(load_dataset(str(path), image_size=8)) == 4  # default: every map
+    test = load_dataset(str(path), image_size=8, split="Test")
+    assert test.labels.tolist() == [0]
+    with caplog.at_level("INFO", logger="selfsup.train"):
+        _, run = selfsup.pretrain(
+            method="simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4},
+            data=str(path), image_size=8, max_steps=2, batch_size=2, precision="32-true",
+            progress_bar=False, out=str(tmp_path / "runs"), name="lswmd",
+        )  # fmt: skip
+    assert "kNN monitor off" in caplog.text and "has no split 'val'" in caplog.text
+    assert (run / "backbone.safetensors").is_file()

@@ -114,6 +114,39 @@ def _check_arrays(path: Path, image_size: int | None) -> dict[str, Any]:
     return report
 
 
+def _check_idx(spec: str, image_size: int | None) -> dict[str, Any]:
+    from selfsup.data.dataset import IDX_SPLITS, split_spec
+    from selfsup.data.idx import find_idx_pair, known_class_names, read_idx
+
+    folder, named = split_spec(spec)
+    splits: dict[str, int] = {}
+    sizes: Counter[tuple[int, int]] = Counter()
+    labels: list[np.ndarray] = []
+    for split in [named] if named else IDX_SPLITS:
+        try:
+            images_path, labels_path = find_idx_pair(folder, split)
+        except FileNotFoundError:
+            continue
+        images = read_idx(images_path)
+        splits[split] = int(images.shape[0])
+        sizes[tuple(images.shape[1:3])] += int(images.shape[0])
+        if labels_path is not None:
+            labels.append(read_idx(labels_path))
+    names = known_class_names(folder)
+    counts = None
+    if labels:
+        counts = _count_names(np.concatenate(labels), list(names) if names else None)
+    total = sum(splits.values())
+    return {
+        "kind": "IDX folder (MNIST-style files)",
+        "total": total,
+        "splits": splits,
+        "class_counts": counts,
+        "channels": {"1": total},
+        "sizes": _size_stats(sizes, image_size),
+    }
+
+
 def check_data(spec: str, image_size: int | None = None) -> dict[str, Any]:
     """Counts (total, per class), sizes (height x width: ranges, most common), channels or
     PIL modes, unreadable files and hidden entries skipped. ``image_size`` adds how many
@@ -122,6 +155,8 @@ def check_data(spec: str, image_size: int | None = None) -> dict[str, Any]:
     kind = spec_kind(spec)
     if kind == "wafers":
         report = _check_wafers(image_size)
+    elif kind == "idx":
+        report = _check_idx(spec, image_size)
     elif kind == "folder":
         report = _check_folder(Path(spec).expanduser(), image_size)
     else:

@@ -1,8 +1,17 @@
 """``ImageDataset``: images decoded once to a fixed-size uint8 tensor, plus ``load_dataset``.
 
-Every source (built-in wafer maps, an image folder, a .npy/.npz file) ends up as one
-``ImageDataset`` holding ``images`` uint8 [N, C, S, S]. Loaders only index it; augmentation
-happens later on whole batches, on the training device.
+Every source (built-in wafer maps, an IDX folder, an image folder, a .npy/.npz file) ends up
+as one ``ImageDataset`` holding ``images`` uint8 [N, C, S, S]. Loaders only index it;
+augmentation happens later on whole batches, on the training device.
+
+Data specs (strings, as ``--data`` takes them):
+
+- ``wafers`` / ``wm811k``: the built-in WM-811K subset (``split`` picks train_1 ... test);
+- a wafer-map ``.npz`` from ``selfsup data wafers convert`` (``split``: the file's own split
+  names, e.g. Training / Test / unlabeled, "train" = all but Test, default all);
+- an IDX folder (MNIST-style ``train-images-idx3-ubyte[.gz]``, ``t10k-...``), with an optional
+  split suffix: ``DIR`` or ``DIR:train`` is the train split, ``DIR:test`` the test split;
+- an image folder (class subfolders or flat), or a ``.npy`` / ``.npz`` file.
 """
 
 from __future__ import annotations
@@ -18,6 +27,17 @@ from torch import Tensor
 STYLES = ("natural", "wafer")
 WAFER_SPECS = ("wafers", "wm811k")
 ARRAY_SUFFIXES = (".npy", ".npz")
+IDX_SPLITS = ("train", "test")
+SPEC_HELP = (
+    "'wafers' (built-in), an IDX folder (DIR or DIR:test), an image folder, or a .npy/.npz file"
+)
+# Channel conversions a backbone's input may need (e.g. transfer from RGB to grey data).
+CHANNEL_CONVERSIONS = {
+    (1, 3): "grey -> RGB, the channel repeated",
+    (3, 1): "RGB -> grey, luminance 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601, as PIL's 'L')",
+}
+LUMINANCE = (0.299, 0.587, 0.114)
+WAFER_AS_GREY = "wafer die codes 0/1/2 -> grey levels 0/128/255"
 
 Index = int | slice | Sequence[int] | np.ndarray | Tensor
 
@@ -99,6 +119,48 @@ class ImageDataset:
             source=f"{self.source} (subset of {len(index)})",
         )
 
+    def with_channels(self, in_channels: int) -> ImageDataset:
+        """The same images with ``in_channels`` channels (``self`` when they already have them).
+
+        grey -> RGB repeats the channel; RGB -> grey is the luminance of
+        ``CHANNEL_CONVERSIONS``. Other pairs raise ValueError naming the data.
+        """
+        if in_channels == self.in_channels:
+            return self
+        if (self.in_channels, in_channels) not in CHANNEL_CONVERSIONS:
+            raise ValueError(
+                f"{self.source}: cannot convert {self.in_channels} channel(s) to {in_channels} "
+                "(only grey <-> RGB)"
+            )
+        if in_channels == 3:
+            images = self.images.expand(-1, 3, -1, -1)
+        else:
+            weights = torch.tensor(LUMINANCE).view(1, 3, 1, 1)
+            grey = (self.images.float() * weights).sum(dim=1, keepdim=True)
+            images = grey.round().clamp(0, 255).to(torch.uint8)
+        return ImageDataset(
+            images,
+            self.labels,
+            class_names=self.class_names,
+            names=self.names,
+            style=self.style,
+            source=f"{self.source} [{CHANNEL_CONVERSIONS[(self.in_channels, in_channels)]}]",
+        )
+
+    def as_natural(self) -> ImageDataset:
+        """Wafer maps as natural grey images (``WAFER_AS_GREY``); natural images unchanged."""
+        if self.style == "natural":
+            return self
+        grey = (self.images.float() * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return ImageDataset(
+            grey,
+            self.labels,
+            class_names=self.class_names,
+            names=self.names,
+            style="natural",
+            source=f"{self.source} [{WAFER_AS_GREY}]",
+        )
+
     @property
     def num_classes(self) -> int | None:
         """len(class_names), else max label + 1, else None (unlabelled)."""
@@ -154,26 +216,72 @@ class ImageDataset:
         )
 
 
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"DIR:test"`` -> ``("DIR", "test")``: a data spec and the IDX split its suffix names.
+
+    Only the suffixes ``:train`` and ``:test`` count, and never on a path that exists as written
+    (a folder may have a colon in its name). Anything else comes back as ``(spec, None)``.
+    """
+    base, sep, split = spec.rpartition(":")
+    if sep and base and split in IDX_SPLITS and not Path(spec).expanduser().exists():
+        return base, split
+    return spec, None
+
+
 def spec_kind(spec: str) -> str:
-    """What a data spec names: "wafers", "folder" or "arrays" (errors name the spec)."""
+    """What a data spec names: "wafers", "idx", "folder" or "arrays" (errors name the spec)."""
     if spec.lower() in WAFER_SPECS:
         return "wafers"
-    path = Path(spec).expanduser()
+    base, split = split_spec(spec)
+    path = Path(base).expanduser()
     if path.is_dir():
+        from selfsup.data.idx import is_idx_folder
+
+        if is_idx_folder(path):
+            return "idx"
+        if split is not None:
+            raise ValueError(
+                f"data '{spec}': ':{split}' picks a split of an IDX folder, but '{base}' holds "
+                "no IDX images (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz])"
+            )
         return "folder"
+    if split is not None:
+        problem = "is a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"data '{spec}': the IDX folder '{base}' {problem}")
     if path.suffix.lower() in ARRAY_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"data file '{spec}' does not exist")
-        return "arrays"
+        return "wafer_file" if is_wafer_npz(path) else "arrays"
     if not path.exists():
-        raise FileNotFoundError(
-            f"data '{spec}' not found: expected 'wafers' (built-in), an image folder, "
-            "or a .npy/.npz file"
+        raise FileNotFoundError(f"data '{spec}' not found: expected {SPEC_HELP}")
+    raise ValueError(f"data '{spec}' is a file but not .npy/.npz: expected {SPEC_HELP}")
+
+
+def is_wafer_npz(path: Path) -> bool:
+    """True for an .npz of variable-size wafer maps (``maps_flat``, written by
+    ``selfsup data wafers convert`` or packaged), which loads by split, not as ``images``."""
+    if path.suffix.lower() != ".npz":
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "maps_flat" in z.files
+    except (OSError, ValueError):
+        return False  # load_arrays names the problem
+
+
+def idx_split(spec: str, split: str | None = None) -> tuple[str, str]:
+    """(folder, split) of an IDX spec: the ``split`` argument, else the spec's suffix, else
+    "train". A suffix and a different ``split`` argument contradict each other: ValueError."""
+    folder, named = split_spec(spec)
+    if split is not None and named is not None and split != named:
+        raise ValueError(f"data '{spec}' names the split '{named}' but split='{split}' was asked")
+    chosen = split or named or "train"
+    if chosen not in IDX_SPLITS:
+        raise ValueError(
+            f"IDX folder '{folder}' has the splits {', '.join(IDX_SPLITS)}, not '{chosen}' "
+            "(a validation split is carved from train by the evaluation protocol)"
         )
-    raise ValueError(
-        f"data '{spec}' is a file but not .npy/.npz: expected 'wafers' (built-in), "
-        "an image folder, or a .npy/.npz file"
-    )
+    return folder, chosen
 
 
 def load_dataset(
@@ -185,21 +293,34 @@ def load_dataset(
 ) -> ImageDataset:
     """Load any data source at ``image_size`` x ``image_size``.
 
-    spec: "wafers"/"wm811k" (built-in WM-811K subset; ``split`` defaults to "train"),
-    an image folder (``in_channels`` picks the decode mode: 1 grayscale, 3 RGB; default 3),
-    or a .npy/.npz file. For wafers and arrays, an ``in_channels`` that differs from the
-    data's raises ValueError naming both.
+    spec: "wafers"/"wm811k" (built-in WM-811K subset; ``split`` defaults to "train"), an IDX
+    folder (``split`` "train" (default) or "test", or a ``DIR:test`` suffix), an image folder
+    (``in_channels`` picks the decode mode: 1 grayscale, 3 RGB; default 3), or a .npy/.npz
+    file. For wafers, IDX and arrays, an ``in_channels`` that differs from the data's raises
+    ValueError naming both (``ImageDataset.with_channels`` converts grey <-> RGB explicitly).
     """
     spec = str(spec)
     kind = spec_kind(spec)
-    if split is not None and kind != "wafers":
+    if split is not None and kind not in ("wafers", "wafer_file", "idx"):
         raise ValueError(
-            f"split='{split}' applies to the built-in wafers only, not to the {kind} '{spec}'"
+            f"split='{split}' applies to the built-in wafers only (or to an IDX folder: "
+            f"{', '.join(IDX_SPLITS)}), not to the {kind} '{spec}'"
         )
     if kind == "wafers":
         from selfsup.data.wafers import load_wafer_subset
 
         dataset = load_wafer_subset(split or "train", image_size=image_size)
+    elif kind == "wafer_file":
+        from selfsup.data.wafers import load_wafer_subset
+
+        dataset = load_wafer_subset(split or "all", image_size=image_size, path=spec)
+    elif kind == "idx":
+        from selfsup.data.idx import load_idx_folder
+
+        if isinstance(split, list):
+            raise ValueError(f"IDX folder '{spec}': give one split, not {split}")
+        folder, chosen = idx_split(spec, split)
+        dataset = load_idx_folder(folder, chosen, image_size=image_size)
     elif kind == "folder":
         from selfsup.data.folders import load_image_folder
 

@@ -7,6 +7,7 @@ then ``ndim`` big-endian uint32 sizes, then the values in C order, big-endian. D
 ```
 images, labels = find_idx_pair("/usr/share/datasets/fashion-mnist", split="train")
 data = load_idx_dataset(images, labels, class_names=FASHION_MNIST_CLASSES)   # [N, 1, 28, 28]
+test = load_dataset("/usr/share/datasets/fashion-mnist:test", image_size=32)   # as a data spec
 ```
 """
 
@@ -50,6 +51,8 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 MNIST_CLASSES = tuple(str(d) for d in range(10))
+# A folder whose name holds the key gets these class names when none are given.
+KNOWN_CLASS_NAMES = {"fashion": FASHION_MNIST_CLASSES}
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -207,12 +210,22 @@ def is_idx_folder(folder: str | Path) -> bool:
     return any(any(pat.match(p.name) for pat in patterns) for p in folder.iterdir())
 
 
+def known_class_names(folder: str | Path) -> tuple[str, ...] | None:
+    """Class names told by the folder's name: Fashion-MNIST's for ``*fashion*``, else None."""
+    name = Path(folder).expanduser().resolve().name.lower()
+    return next((names for key, names in KNOWN_CLASS_NAMES.items() if key in name), None)
+
+
 def load_idx_folder(
     folder: str | Path,
     split: str = "train",
     image_size: int | None = None,
     class_names: Sequence[str] | None = None,
 ) -> ImageDataset:
-    """``load_idx_dataset`` on the ``split`` files that ``find_idx_pair`` finds in ``folder``."""
+    """``load_idx_dataset`` on the ``split`` files that ``find_idx_pair`` finds in ``folder``.
+
+    ``class_names`` None: ``known_class_names(folder)`` (e.g. Fashion-MNIST's), else indices.
+    """
     images, labels = find_idx_pair(folder, split)
-    return load_idx_dataset(images, labels, image_size=image_size, class_names=class_names)
+    names = class_names if class_names is not None else known_class_names(folder)
+    return load_idx_dataset(images, labels, image_size=image_size, class_names=names)

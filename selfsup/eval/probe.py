@@ -12,8 +12,9 @@ lower validation cross-entropy, then to the earlier candidate); its weights are 
 
 Why full-batch L-BFGS by default (``optimizer="auto"``): on 50k x 512 standardised features with
 10 classes one iteration (a loss + gradient, and usually one more for the strong-Wolfe line
-search) takes ~50 ms on 2 CPU cores, and it reaches sklearn's LogisticRegression macro-F1 in
-~30 iterations, so 100 epochs x 5 weight decays take ~30 s. Full-batch Adam with the same
+search; up to ``LBFGS_MAX_EVALS`` when the step must shrink) takes ~50 ms on 2 CPU cores, and
+it reaches sklearn's LogisticRegression macro-F1 in ~30 iterations, so 100 epochs x 5 weight
+decays take ~30 s. Full-batch Adam with the same
 budget was still short of the optimum at lr 0.01 (0.802 vs 0.805 macro-F1) and noisy at
 lr 0.1, and needs a tuned learning rate; the line search needs none. An "epoch" is one
 L-BFGS iteration (full batch) or one pass of Adam mini-batches. Adam is used with ``batch_size``
@@ -37,6 +38,11 @@ from selfsup.eval.metrics import as_label_tensor, classification_metrics, macro_
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
 # Default learning rate per optimizer (L-BFGS scales its step by line search).
 OPTIMIZERS = {"lbfgs": 1.0, "adam": 1e-3}
+# Loss evaluations one L-BFGS epoch may spend. torch's default, max_iter * 5 // 4, is 1 for our
+# one iteration per epoch: the line search then gets no evaluation of its own, a rejected unit
+# step leaves the weights (and so the next direction and step) unchanged, and the probe stalls
+# for good. Class-balanced weights made that common (wafer val macro-F1 flat at 0.351).
+LBFGS_MAX_EVALS = 25
 
 
 class Standardize(nn.Module):
@@ -129,24 +135,10 @@ def linear_probe(
         nn.init.zeros_(linear.bias)
         return linear
 
-    optimizer, lr = _resolve_optimizer(optimizer, lr, batch_size, 0.0)
-    return _fit_probe(
-        head,
-        train_features,
-        train_labels,
-        val_features,
-        val_labels,
-        num_classes=num_classes,
-        weight_decays=weight_decays,
-        epochs=epochs,
-        lr=lr,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        class_balanced=class_balanced,
-        seed=seed,
-        patience=patience,
-        hyperparameters={"probe": "linear"},
-    )
+    search = _Search(num_classes, weight_decays, epochs, lr, batch_size, optimizer,
+                     class_balanced, seed, patience)  # fmt: skip
+    data = (train_features, train_labels, val_features, val_labels)
+    return _fit_probe(head, data, search, hyperparameters={"probe": "linear"})
 
 
 def mlp_probe(
@@ -186,27 +178,30 @@ def mlp_probe(
             nn.Linear(hidden_dim, num_classes),
         )
 
-    optimizer, lr = _resolve_optimizer(optimizer, lr, batch_size, dropout)
-    return _fit_probe(
-        head,
-        train_features,
-        train_labels,
-        val_features,
-        val_labels,
-        num_classes=num_classes,
-        weight_decays=weight_decays,
-        epochs=epochs,
-        lr=lr,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        class_balanced=class_balanced,
-        seed=seed,
-        patience=patience,
-        hyperparameters={"probe": "mlp", "hidden_dim": hidden_dim, "dropout": dropout},
-    )
+    search = _Search(num_classes, weight_decays, epochs, lr, batch_size, optimizer,
+                     class_balanced, seed, patience, dropout)  # fmt: skip
+    data = (train_features, train_labels, val_features, val_labels)
+    hyperparameters = {"probe": "mlp", "hidden_dim": hidden_dim, "dropout": dropout}
+    return _fit_probe(head, data, search, hyperparameters)
 
 
 # --- the shared training and selection loop ------------------------------------------------------
+
+
+@dataclass
+class _Search:
+    """The arguments ``linear_probe`` and ``mlp_probe`` share, in their signatures' order."""
+
+    num_classes: int
+    weight_decays: Sequence[float]
+    epochs: int
+    lr: float | None
+    batch_size: int | None
+    optimizer: str
+    class_balanced: bool
+    seed: int
+    patience: int | None
+    dropout: float = 0.0
 
 
 @dataclass
@@ -248,47 +243,27 @@ def _resolve_optimizer(
 
 def _fit_probe(
     make_head: Callable[[int], nn.Module],
-    train_features: Tensor,
-    train_labels: Any,
-    val_features: Tensor,
-    val_labels: Any,
-    *,
-    num_classes: int,
-    weight_decays: Sequence[float],
-    epochs: int,
-    lr: float,
-    optimizer: str,
-    batch_size: int | None,
-    class_balanced: bool,
-    seed: int,
-    patience: int | None,
+    data: tuple[Tensor, Any, Tensor, Any],
+    search: _Search,
     hyperparameters: dict[str, Any],
 ) -> ProbeResult:
-    x, y, xv, yv = _check_inputs(
-        train_features, train_labels, val_features, val_labels, num_classes
-    )
-    weight_decays = [float(wd) for wd in weight_decays]
-    if not weight_decays or any(wd < 0 for wd in weight_decays):
-        raise ValueError(
-            f"weight_decays must be a non-empty list of values >= 0, got {weight_decays}"
-        )
-    if epochs < 1 or lr <= 0:
-        raise ValueError(f"probe needs epochs >= 1 and lr > 0, got epochs={epochs}, lr={lr}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be >= 1 or None, got {patience}")
+    """Standardise, train one head per weight decay, keep the best (weight decay, epoch) on val.
 
+    data: (train features, train labels, val features, val labels).
+    """
+    optimizer, lr, weight_decays = _checked_search(search)
+    x, y, xv, yv = _check_inputs(*data, search.num_classes)
     standardize = Standardize.fit(x)
     x, xv = standardize(x), standardize(xv)
+    full_batch = search.batch_size is None or search.batch_size >= x.shape[0]
     settings = _Settings(
-        num_classes=num_classes,
-        epochs=epochs,
+        num_classes=search.num_classes,
+        epochs=search.epochs,
         lr=lr,
         optimizer=optimizer,
-        batch_size=None if batch_size is None or batch_size >= x.shape[0] else batch_size,
-        class_weight=_balanced_weights(y, num_classes) if class_balanced else None,
-        patience=patience,
+        batch_size=None if full_batch else search.batch_size,
+        class_weight=_balanced_weights(y, search.num_classes) if search.class_balanced else None,
+        patience=search.patience,
     )
     cuda = [x.device.index or 0] if x.device.type == "cuda" else []
 
@@ -298,9 +273,9 @@ def _fit_probe(
         # Same seed for every weight decay: candidates differ only by their regulariser. The
         # forked RNG leaves the caller's random state as it was.
         with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
+            torch.manual_seed(search.seed)
             head = make_head(x.shape[1]).to(x.device)
-            order = torch.Generator().manual_seed(seed)
+            order = torch.Generator().manual_seed(search.seed)
             history[wd] = _train_one(head, wd, (x, y), (xv, yv), settings, order, best)
 
     assert best.state is not None
@@ -312,13 +287,13 @@ def _fit_probe(
         **hyperparameters,
         "weight_decay": best.weight_decay,
         "epoch": best.epoch,
-        "epochs": epochs,
+        "epochs": search.epochs,
         "optimizer": optimizer,
         "lr": lr,
-        "batch_size": batch_size,
-        "class_balanced": class_balanced,
-        "seed": seed,
-        "patience": patience,
+        "batch_size": search.batch_size,
+        "class_balanced": search.class_balanced,
+        "seed": search.seed,
+        "patience": search.patience,
     }
     return ProbeResult(
         classifier=classifier,
@@ -328,6 +303,25 @@ def _fit_probe(
         history=history,
         hyperparameters=hyperparameters,
     )
+
+
+def _checked_search(search: _Search) -> tuple[str, float, list[float]]:
+    """(optimizer, lr, weight decays) resolved from ``search``; ValueError for bad values."""
+    optimizer, lr = _resolve_optimizer(
+        search.optimizer, search.lr, search.batch_size, search.dropout
+    )
+    weight_decays = [float(wd) for wd in search.weight_decays]
+    if not weight_decays or any(wd < 0 for wd in weight_decays):
+        raise ValueError(
+            f"weight_decays must be a non-empty list of values >= 0, got {weight_decays}"
+        )
+    if search.epochs < 1 or lr <= 0:
+        raise ValueError(f"probe needs epochs >= 1 and lr > 0, got epochs={search.epochs}, lr={lr}")
+    if search.batch_size is not None and search.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None (full batch), got {search.batch_size}")
+    if search.patience is not None and search.patience < 1:
+        raise ValueError(f"patience must be >= 1 or None, got {search.patience}")
+    return optimizer, lr, weight_decays
 
 
 def _train_one(
@@ -352,7 +346,12 @@ def _train_one(
     if s.optimizer == "lbfgs":
         # One L-BFGS iteration per epoch; the strong-Wolfe line search picks the step length.
         lbfgs = torch.optim.LBFGS(
-            head.parameters(), lr=s.lr, max_iter=1, history_size=20, line_search_fn="strong_wolfe"
+            head.parameters(),
+            lr=s.lr,
+            max_iter=1,
+            max_eval=LBFGS_MAX_EVALS,
+            history_size=20,
+            line_search_fn="strong_wolfe",
         )
 
         def closure() -> Tensor:

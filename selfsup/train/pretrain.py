@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import selfsup
 from selfsup.config import PretrainConfig, load_yaml, resolve_config
+from selfsup.data.dataset import spec_kind
 from selfsup.train.callbacks import (
     CollapseMonitor,
     KNNMonitor,
@@ -102,14 +103,25 @@ def _resume_target(resume: str, out: str) -> tuple[Path, Path]:
     raise FileNotFoundError(f"resume: '{resume}' is neither a run folder nor a .ckpt file")
 
 
+def _has_splits(spec: str) -> bool:
+    """Wafer data (built-in or a converted file): train_split / val_split select from it."""
+    return spec_kind(spec) in ("wafers", "wafer_file")
+
+
 def _monitor_data(cfg: PretrainConfig, train: Any) -> tuple[Any, Any] | tuple[None, None]:
     """(labelled bank, labelled queries) for the kNN monitor, or (None, None) when unlabelled."""
     from selfsup.data import load_dataset
 
-    if cfg.data in ("wafers", "wm811k"):
+    if _has_splits(cfg.data) and not cfg.val_data:
         if cfg.val_split is None:
             return None, None
-        queries = load_dataset(cfg.data, image_size=cfg.image_size, split=cfg.val_split)
+        try:
+            queries = load_dataset(cfg.data, image_size=cfg.image_size, split=cfg.val_split)
+        except ValueError as err:
+            if spec_kind(cfg.data) != "wafer_file":
+                raise
+            log.info("kNN monitor off: %s (set val_data or val_split)", err)
+            return None, None
         bank = train
     elif cfg.val_data:
         queries = load_dataset(cfg.val_data, image_size=cfg.image_size, in_channels=cfg.in_channels)
@@ -170,7 +182,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         )
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    split = cfg.train_split if cfg.data in ("wafers", "wm811k") else None
+    split = cfg.train_split if _has_splits(cfg.data) else None
     train = load_dataset(
         cfg.data, image_size=cfg.image_size, in_channels=cfg.in_channels, split=split
     )

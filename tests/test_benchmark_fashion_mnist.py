@@ -1,0 +1,48 @@
+"""benchmarks/fashion_mnist.py end to end on a small generated IDX folder (a few seconds of
+pretraining per method), and its install hint when the data is missing."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_idx_folder
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_mnist.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_benchmark_pretrains_each_method_and_scores_every_row(tmp_path, capsys):
+    folder = make_idx_folder(tmp_path / "fashion-mnist", n_train=120, n_test=60, size=14)
+    argv = ["--data", str(folder), "--minutes", "0.04", "--methods", "simclr", "byol",
+            "--backbone", "convnet_tiny", "--width", "4", "--image-size", "16",
+            "--batch-size", "32", "--out", str(tmp_path / "runs")]  # fmt: skip
+    script = load_script()
+    script.PROBE_SETTINGS = {"epochs": 15, "patience": 5}  # the default 200 is for 54k images
+    assert script.main(argv) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| representation | pretraining | kNN k=200 top-1")
+    assert [line.split(" | ")[0] for line in table[1:]] == [
+        "| simclr", "| byol", "| random init", "| raw pixels"
+    ]  # fmt: skip
+    record = json.loads((tmp_path / "runs" / "fashion_mnist.json").read_text())
+    assert record["sizes"] == {"train": 120, "val": 12, "test": 60}
+    for name in ("simclr", "byol"):
+        row = record["rows"][name]
+        assert row["pretraining"]["steps"] >= 1 and 0 <= row["linear_top1"] <= 1
+        assert Path(row["pretraining"]["run"], "backbone.safetensors").is_file()
+    # the grey levels separate the classes: raw pixels must find them
+    assert record["rows"]["raw pixels"]["linear_top1"] > 0.9
+
+
+def test_benchmark_without_the_data_says_how_to_install_it(tmp_path, capsys):
+    assert load_script().main(["--data", str(tmp_path / "missing")]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
