@@ -66,17 +66,17 @@ def scores(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def probe_rows(name, feats, data, num_classes, class_names, protocols) -> dict[str, Any]:
+def probe_rows(name, feats, data, num_classes, class_names, args) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    for protocol in protocols:
+    for protocol in [p for p in args.protocols if p in ("linear", "mlp")]:
         fit = linear_probe if protocol == "linear" else mlp_probe
         for split in LABEL_SPLITS:
             start = time.perf_counter()
             # Full-batch L-BFGS needs ~100-300 iterations on these features; the MLP probe
             # trains with Adam on mini-batches (full-batch L-BFGS was slower and no better).
             settings = (
-                {"epochs": 300} if protocol == "linear"
-                else {"epochs": 40, "batch_size": 256, "patience": 10}
+                {"epochs": args.linear_epochs} if protocol == "linear"
+                else {"epochs": args.mlp_epochs, "batch_size": 256, "patience": 10}
             )  # fmt: skip
             result = fit(
                 feats[split], data[split].labels, feats["val"], data["val"].labels,
@@ -109,8 +109,11 @@ def finetune_rows(name, backbone, recipe, data, num_classes, class_names, args) 
         )
         rows.setdefault(name, {})[split] = {
             **scores(test),
-            "chosen": {"step": result.step, "epoch": result.epoch,
-                       "val_macro_f1": result.val_macro_f1},
+            "chosen": {
+                "step": result.step,
+                "epoch": result.epoch,
+                "val_macro_f1": result.val_macro_f1,
+            },
             "seconds": time.perf_counter() - start,
         }
         print(f"  {name} {split}: test macro-F1 {test['macro_f1']:.3f}", flush=True)
@@ -136,9 +139,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="runs/wafer_fewlabel")
     parser.add_argument("--protocols", nargs="+", default=["linear", "mlp", "finetune"])
     parser.add_argument("--baselines", nargs="+", default=["random", "raw", "supervised"])
+    parser.add_argument("--linear-epochs", type=int, default=300, help="L-BFGS iterations")
+    parser.add_argument("--mlp-epochs", type=int, default=40)
     parser.add_argument("--finetune-epochs", type=int, default=15)
-    parser.add_argument("--finetune-min-steps", type=int, default=300,
-                        help="at least this many fine-tuning steps (1 %% = 623 labels)")
+    parser.add_argument(
+        "--finetune-min-steps",
+        type=int,
+        default=300,
+        help="at least this many fine-tuning steps (1 %% = 623 labels)",
+    )
     parser.add_argument("--finetune-batch", type=int, default=128)
     parser.add_argument("--finetune-val", type=int, default=4000, help="val maps for selection")
     parser.add_argument("--subsample", type=int, default=None, help="cap every split (smoke)")
@@ -169,17 +178,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
 
     probes = [p for p in args.protocols if p in ("linear", "mlp")]
+    probe_args = (num_classes, class_names, args)
     rows: dict[str, Any] = {}
     print(f"pretrained backbone from {ckpt}", flush=True)
     if probes:
-        rows |= probe_rows("pretrained", features(method.backbone), data, num_classes,
-                           class_names, probes)  # fmt: skip
+        rows |= probe_rows("pretrained", features(method.backbone), data, *probe_args)
         if "random" in args.baselines:
-            rows |= probe_rows("random init", features(random_method.backbone), data,
-                               num_classes, class_names, probes)  # fmt: skip
+            rows |= probe_rows("random init", features(random_method.backbone), data, *probe_args)
         if "raw" in args.baselines:
             raw = {s: recipe.preprocess(ds.images).flatten(1) for s, ds in data.items()}
-            rows |= probe_rows("raw pixels", raw, data, num_classes, class_names, probes)
+            rows |= probe_rows("raw pixels", raw, data, *probe_args)
     if "finetune" in args.protocols:
         rows |= finetune_rows("pretrained + fine-tune", method.backbone, recipe, data,
                               num_classes, class_names, args)  # fmt: skip

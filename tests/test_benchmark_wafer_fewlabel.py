@@ -1,0 +1,55 @@
+"""The few-label wafer benchmark script end to end on a subsample (slow)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+import selfsup
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "wafer_fewlabel.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("wafer_fewlabel", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, capsys):
+    _, run = selfsup.pretrain(
+        method="simclr", backbone="convnet_tiny", backbone_kwargs={"width": 16},
+        image_size=16, max_steps=40, batch_size=64, lr=0.3, warmup_epochs=0.05,
+        val_split=None, precision="32-true", progress_bar=False,
+        out=str(tmp_path / "runs"), name="tiny",
+    )  # fmt: skip
+    bench = load_script()
+    out = tmp_path / "numbers.json"
+    rows = bench.main([
+        "--run", str(run), "--subsample", "800", "--protocols", "linear", "finetune",
+        "--baselines", "random", "supervised", "--linear-epochs", "15", "--finetune-epochs", "1",
+        "--finetune-min-steps", "6", "--finetune-val", "300", "--precision", "32-true",
+        "--json", str(out),
+    ])  # fmt: skip
+    expected = {
+        "pretrained + linear probe", "random init + linear probe",
+        "pretrained + fine-tune", "supervised from scratch",
+    }  # fmt: skip
+    assert set(rows) == expected
+    for per_split in rows.values():
+        assert set(per_split) == {"train_1", "train_10", "train_20"}
+        for cell in per_split.values():
+            assert 0 <= cell["macro_f1"] <= 1 and 0 <= cell["balanced_accuracy"] <= 1
+            assert len(cell["per_class_f1"]) == 9
+    assert json.loads(out.read_text())["rows"].keys() == expected
+
+    def mean_f1(name):
+        return sum(c["macro_f1"] for c in rows[name].values()) / 3
+
+    assert mean_f1("pretrained + linear probe") > mean_f1("random init + linear probe")
+    printed = capsys.readouterr().out
+    assert "| macro_f1 | 1 % | 10 % | 20 % |" in printed
+    assert "| pretrained + linear probe |" in printed
