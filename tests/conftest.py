@@ -1,4 +1,5 @@
 import gzip
+import importlib.util
 import struct
 from pathlib import Path
 
@@ -65,3 +66,14 @@ def make_idx_folder(
 def idx_folder(tmp_path: Path) -> Path:
     """A small gzipped IDX folder: 60 train and 30 test 12x12 grey images of 3 classes."""
     return make_idx_folder(tmp_path / "idx")
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,11 @@
 """benchmarks/fashion_mnist.py end to end on a small generated IDX folder (a few seconds of
 pretraining per method), and its install hint when the data is missing."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import make_idx_folder
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_mnist.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark, make_idx_folder
 
 
 @pytest.mark.slow
@@ -24,7 +14,7 @@ def test_benchmark_pretrains_each_method_and_scores_every_row(tmp_path, capsys):
     argv = ["--data", str(folder), "--minutes", "0.04", "--methods", "simclr", "byol",
             "--backbone", "convnet_tiny", "--width", "4", "--image-size", "16",
             "--batch-size", "32", "--out", str(tmp_path / "runs")]  # fmt: skip
-    script = load_script()
+    script = load_benchmark("fashion_mnist")
     script.PROBE_SETTINGS = {"epochs": 15, "patience": 5}  # the default 200 is for 54k images
     assert script.main(argv) == 0
     out = capsys.readouterr().out
@@ -44,5 +34,5 @@ def test_benchmark_pretrains_each_method_and_scores_every_row(tmp_path, capsys):
 
 
 def test_benchmark_without_the_data_says_how_to_install_it(tmp_path, capsys):
-    assert load_script().main(["--data", str(tmp_path / "missing")]) == 2
+    assert load_benchmark("fashion_mnist").main(["--data", str(tmp_path / "missing")]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err

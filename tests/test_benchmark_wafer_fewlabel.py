@@ -1,21 +1,11 @@
 """The few-label wafer benchmark script end to end on a subsample (slow)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 import selfsup
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "wafer_fewlabel.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("wafer_fewlabel", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -26,7 +16,7 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         val_split=None, precision="32-true", progress_bar=False,
         out=str(tmp_path / "runs"), name="tiny",
     )  # fmt: skip
-    bench = load_script()
+    bench = load_benchmark("wafer_fewlabel")
     out = tmp_path / "numbers.json"
     rows = bench.main([
         "--run", str(run), "--subsample", "800", "--protocols", "linear", "finetune",
