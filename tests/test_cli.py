@@ -148,6 +148,8 @@ def test_cli_supervised_protocols_record_selection_and_test(labelled_npz, tmp_pa
     run = tmp_path / "cli"
     argv = ["eval", protocol, str(run), "--data", str(train), "--test-data", str(val),
             "--label-fraction", "0.5", "--epochs", "2"]  # fmt: skip
+    if protocol == "finetune":
+        argv += ["--min-steps", "4"]
     assert main(argv) == 0
     record = json.loads((run / f"eval_{protocol}_data.json").read_text())
     # 32 maps per class: val takes round(3.2) = 3 each, train keeps 29 and half of that is

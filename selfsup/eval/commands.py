@@ -25,6 +25,8 @@ NAMED_SPLITS: dict[str, dict[str, str | None]] = {
     "wafers": {"train": "train_10", "val": "val", "test": "test", "bank": "train", "query": "val"},
     "idx": {"train": "train", "val": None, "test": "test", "bank": "train", "query": "test"},
 }
+# fine-tuning steps at the least: 1 % of the wafer labels (623) is 3 batches of 256 an epoch
+FINETUNE_MIN_STEPS = 300
 
 
 def _named_splits(spec: str) -> dict[str, str | None] | None:
@@ -206,15 +208,20 @@ def _fit_and_test(
         result = finetune(
             backbone, splits["train"].images, splits["train"].labels,
             splits["val"].images, splits["val"].labels, augment=recipe.single_view,
-            preprocess=preprocess, num_classes=num_classes, epochs=args.epochs, seed=args.seed,
+            preprocess=preprocess, num_classes=num_classes, epochs=args.epochs,
+            min_steps=args.min_steps, seed=args.seed,
         )  # fmt: skip
         metrics = result.evaluate(test.images, test.labels, preprocess, test.class_names)
-        return {"epoch": result.epoch, "val_macro_f1": result.val_macro_f1}, metrics
+        chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1}
+        return chosen, metrics
     feats = {k: extract_features(backbone, ds.images, preprocess) for k, ds in splits.items()}
-    fit = linear_probe if protocol == "linear" else mlp_probe
+    if protocol == "linear":
+        fit, settings = linear_probe, {}
+    else:  # mini-batch Adam (full-batch L-BFGS on a hidden layer is slow on large splits)
+        fit, settings = mlp_probe, {"batch_size": 256, "epochs": 40}
     result = fit(
         feats["train"], splits["train"].labels, feats["val"], splits["val"].labels,
-        num_classes=num_classes, seed=args.seed, patience=10,
+        num_classes=num_classes, seed=args.seed, patience=10, **settings,
     )  # fmt: skip
     metrics = result.evaluate(feats["test"], test.labels, class_names=test.class_names)
     chosen = {**result.hyperparameters, "weight_decay": result.weight_decay,
@@ -354,6 +361,10 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
     p.add_argument("--label-fraction", type=float, default=1.0)
     if not transfer:
         p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+        p.add_argument(
+            "--min-steps", type=int, default=FINETUNE_MIN_STEPS,
+            help="fine-tuning: at least this many steps (few labels make short epochs)",
+        )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
 
 
