@@ -212,6 +212,7 @@ def test_collapse_stops_training_and_the_export_is_the_best_val_epoch(labelled_n
     summary = json.loads((run / "summary.json").read_text())
     assert summary["collapse_warnings_epochs"] == [0]
     assert summary["steps"] == 96 // 16  # one epoch, not four
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
     # without the collapse stop: 3 epochs; the exported backbone is best.ckpt's, not the last
     _, run = selfsup.pretrain(

@@ -362,3 +362,4 @@ def test_converted_full_file_is_a_data_spec_for_pretraining(tmp_path, caplog):
         )  # fmt: skip
     assert "kNN monitor off" in caplog.text and "has no split 'val'" in caplog.text
     assert (run / "backbone.safetensors").is_file()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]  # no best: no kNN

@@ -259,6 +259,9 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
             TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
         ],
         plugins=[AtomicCheckpointIO()],
+        # last.ckpt is ours (LastCheckpoint); without a best.ckpt monitor Lightning would add
+        # its own default checkpoint (epoch=N-step=M.ckpt) beside it
+        enable_checkpointing=monitor_key is not None,
         log_every_n_steps=cfg.log_every_n_steps,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
