@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,44 +26,123 @@ from selfsup.data.dataset import ImageDataset
 log = logging.getLogger("selfsup.data")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_EXTENSION_SET = frozenset(IMAGE_EXTENSIONS)
 MODES = {1: "L", 3: "RGB"}
 CACHE_ENV = "SELFSUP_CACHE"
 _CACHE_VERSION = "selfsup-folder-v1"  # bump when decoding changes, so old caches are not reused
 _POOL_MIN_FILES = 256  # below this a process pool costs more than it saves
 _SHOWN_PATHS = 5
+MMAP_MIN_BYTES = 2**30  # caches above this are memory-mapped, not read (load_image_folder)
+
+
+@dataclass
+class FolderIndex:
+    """What ``index_folder`` found under a root.
+
+    files: sorted image paths relative to the root, "/" separators. hidden: entries whose
+    name starts with "." (not descended into). other: files without an image extension.
+    unreadable_dirs: folders that could not be listed (relative paths; their content is
+    unknown). unreadable_files: image files the process may not read (only looked for
+    with ``check_readable=True``; they are left out of ``files``).
+    """
+
+    files: list[str]
+    hidden: int = 0
+    other: int = 0
+    unreadable_dirs: list[str] = field(default_factory=list)
+    unreadable_files: list[str] = field(default_factory=list)
+
+    @property
+    def unreadable(self) -> int:
+        """Folders and files that could not be read."""
+        return len(self.unreadable_dirs) + len(self.unreadable_files)
+
+
+def _is_image_name(name: str) -> bool:
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in _EXTENSION_SET
+
+
+def index_folder(root: str | Path, *, check_readable: bool = False) -> FolderIndex:
+    """List every image file under ``root`` (any depth), fast.
+
+    An explicit ``os.scandir`` stack: directory entries carry their type, so listing needs
+    no stat call per file (a million files list in seconds, see docs/benchmarks.md).
+    Hidden entries (".name") are skipped and counted; folders that cannot be listed are
+    counted, not fatal. Symlinked folders are followed unless they point back to an
+    ancestor. ``check_readable=True`` adds one ``access()`` call per image file and moves
+    the files this process may not read to ``unreadable_files`` (without it they are found
+    when decoding, and skipped there).
+    """
+    root = os.fspath(root)
+    index = FolderIndex(files=[])
+    files = index.files
+    stack = [("", os.path.realpath(root))]
+    while stack:
+        rel, real = stack.pop()
+        try:
+            entries = os.scandir(os.path.join(root, rel) if rel else root)
+        except OSError:  # permission denied, vanished, or not a folder after all
+            if not rel:
+                raise
+            index.unreadable_dirs.append(rel.rstrip("/"))
+            continue
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name[0] == ".":
+                    index.hidden += 1
+                elif entry.is_dir():  # d_type from the listing: no stat call
+                    child_real = _child_real(entry, real)
+                    if child_real is not None:
+                        stack.append((f"{rel}{name}/", child_real))
+                elif _is_image_name(name):
+                    files.append(rel + name)
+                else:
+                    index.other += 1
+    if check_readable:
+        _split_unreadable(root, index)
+    files.sort()
+    index.unreadable_dirs.sort()
+    return index
+
+
+def _child_real(entry: os.DirEntry, parent_real: str) -> str | None:
+    """The real path of a child folder, or None for a symlink back to an ancestor (a loop)."""
+    if not entry.is_symlink():
+        return os.path.join(parent_real, entry.name)
+    child_real = os.path.realpath(entry.path)
+    if parent_real == child_real or parent_real.startswith(child_real + os.sep):
+        return None
+    return child_real
+
+
+def _split_unreadable(root: str, index: FolderIndex) -> None:
+    readable = []
+    for rel in index.files:
+        if os.access(os.path.join(root, rel), os.R_OK):
+            readable.append(rel)
+        else:
+            index.unreadable_files.append(rel)
+    index.files[:] = readable
+    index.unreadable_files.sort()
 
 
 def scan_folder(root: str | Path) -> tuple[list[str], int, int]:
     """(sorted relative image paths, hidden entries skipped, other files ignored).
 
-    An explicit os.scandir stack: directory entries carry their type, so listing needs no
-    stat call per file (a million files list in seconds). Symlinked folders are followed
-    unless they point back to an ancestor.
+    ``index_folder`` without the unreadable lists; folders that cannot be listed are logged.
     """
-    root = os.fspath(root)
-    files: list[str] = []
-    hidden = other = 0
-    stack = [("", os.path.realpath(root))]
-    while stack:
-        rel, real = stack.pop()
-        with os.scandir(os.path.join(root, rel) if rel else root) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.startswith("."):
-                    hidden += 1
-                elif entry.is_dir():
-                    child_real = os.path.join(real, name)
-                    if entry.is_symlink():
-                        child_real = os.path.realpath(entry.path)
-                        if real == child_real or real.startswith(child_real + os.sep):
-                            continue
-                    stack.append((f"{rel}{name}/", child_real))
-                elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                    files.append(rel + name)
-                else:
-                    other += 1
-    files.sort()
-    return files, hidden, other
+    index = index_folder(root)
+    _log_unreadable_dirs(root, index)
+    return index.files, index.hidden, index.other
+
+
+def _log_unreadable_dirs(root: str | Path, index: FolderIndex) -> None:
+    if index.unreadable_dirs:
+        dirs = index.unreadable_dirs
+        shown = ", ".join(dirs[:_SHOWN_PATHS]) + (" ..." if len(dirs) > _SHOWN_PATHS else "")
+        log.warning("could not list %d folder(s) in '%s': %s", len(dirs), root, shown)
 
 
 def list_image_files(root: str | Path) -> tuple[list[str], int]:
@@ -143,15 +223,23 @@ def fingerprint(root: str | Path, files: Sequence[str], image_size: int, in_chan
     return digest.hexdigest()[:32]
 
 
-def _read_cache(npy: Path) -> tuple[np.ndarray, list[str]] | None:
+def _read_cache(npy: Path, mmap: bool | None = None) -> tuple[np.ndarray, list[str]] | None:
+    """(images, skipped paths) from a cache file, or None when there is no usable cache.
+
+    mmap: True memory-maps the file, False reads it into memory, None memory-maps it when
+    it is larger than ``MMAP_MIN_BYTES``. A memory-mapped cache is read page by page as
+    batches gather their rows, so a folder larger than RAM trains without loading it whole.
+    """
     meta_file = npy.with_suffix(".json")
     if not (npy.is_file() and meta_file.is_file()):
         return None
     try:
         meta = json.loads(meta_file.read_text())
-        # copy-on-write map: pages load lazily and torch gets a writable array (no warning),
-        # while the cache file itself is never modified
-        images = np.load(npy, mmap_mode="c")[: meta["rows"]]
+        if mmap is None:
+            mmap = npy.stat().st_size > MMAP_MIN_BYTES
+        # copy-on-write map: torch gets a writable array (no warning) while the cache file
+        # itself is never modified (a read-only map would crash on an in-place write)
+        images = np.load(npy, mmap_mode="c" if mmap else None)[: meta["rows"]]
     except (OSError, ValueError, KeyError) as err:
         log.warning("ignoring unreadable cache '%s' (%s)", npy, err)
         return None
@@ -171,6 +259,7 @@ def _decode_all(
     in_channels: int,
     num_workers: int,
     cache_npy: Path | None,
+    mmap: bool | None = None,
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """(images [kept, C, S, S], skipped paths, first errors). Writes the cache when asked.
 
@@ -221,7 +310,7 @@ def _decode_all(
         meta = {"rows": rows, "skipped": skipped, "root": str(root)}
         _atomic_write_text(cache_npy.with_suffix(".json"), json.dumps(meta))
         os.replace(tmp, cache_npy)
-        cached = _read_cache(cache_npy)
+        cached = _read_cache(cache_npy, mmap)
         assert cached is not None
         return cached[0], skipped, errors
     return out[:rows], skipped, errors
@@ -236,6 +325,7 @@ def load_image_folder(
     cache: bool = True,
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
+    mmap: bool | None = None,
 ) -> ImageDataset:
     """Decode every image of a folder once to uint8 [N, C, image_size, image_size].
 
@@ -245,7 +335,9 @@ def load_image_folder(
     warning. cache: keep the decoded tensor in ``<cache_dir>/<hash>.npy`` (default
     ``$SELFSUP_CACHE`` or ``~/.cache/selfsup``) and memory-map it on the next load; the hash
     covers file paths, sizes, mtimes, image_size and in_channels. num_workers > 0 decodes
-    in that many processes.
+    in that many processes. mmap (with a cache): True memory-maps the cache file (batches
+    read only their rows, for folders larger than RAM), False reads it into memory, None
+    memory-maps caches larger than ``MMAP_MIN_BYTES`` (1 GiB).
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -256,7 +348,9 @@ def load_image_folder(
         raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}")
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    files, hidden = list_image_files(root)
+    index = index_folder(root)
+    _log_unreadable_dirs(path, index)
+    files, hidden = index.files, index.hidden
     if not files:
         raise ValueError(
             f"image folder '{path}' holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
@@ -277,14 +371,14 @@ def load_image_folder(
         key = fingerprint(root, files, image_size, in_channels)
         cache_npy = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         cache_npy = cache_npy / f"{key}.npy"
-        cached = _read_cache(cache_npy)
+        cached = _read_cache(cache_npy, mmap)
     if cached is not None:
         images, skipped = cached
         errors: list[str] = []
         log.debug("image folder '%s': cache hit %s", path, cache_npy)
     else:
         images, skipped, errors = _decode_all(
-            root, files, image_size, in_channels, num_workers, cache_npy
+            root, files, image_size, in_channels, num_workers, cache_npy, mmap
         )
     if skipped:
         shown = ", ".join(skipped[:_SHOWN_PATHS]) + (" ..." if len(skipped) > _SHOWN_PATHS else "")

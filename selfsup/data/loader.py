@@ -17,6 +17,22 @@ from selfsup.data.dataset import ImageDataset
 Batch = Tensor | tuple[Tensor, Tensor]
 
 
+def pin_memory_for(device: str | torch.device) -> bool:
+    """Whether batches bound for ``device`` should be pinned: True for CUDA only.
+
+    ``device``: a torch device, a device string ("cpu", "cuda:1") or a Lightning
+    accelerator name ("gpu", "auto": CUDA when one is available). Pinned (page-locked)
+    batches let the host-to-GPU copy run asynchronously (Lightning copies with
+    ``non_blocking=True`` on CUDA); on CPU pinning is a wasted copy.
+    """
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    kind = device.split(":", 1)[0].lower()
+    if kind == "auto":
+        return torch.cuda.is_available()
+    return kind in ("cuda", "gpu")
+
+
 class BatchLoader:
     """uint8 batches [b, C, H, W] (and int64 labels [b] when ``with_labels``) of a dataset.
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from selfsup.methods.base import Method
 from selfsup.train.optim import build_optimizer, warmup_cosine
+from selfsup.train.precision import views_threads
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,10 +57,10 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images = self._images(batch)
         # Views are data preparation: keep them out of autocast so geometric ops stay exact.
-        with torch.autocast(device_type=images.device.type, enabled=False):
+        with torch.autocast(device_type=images.device.type, enabled=False), views_threads(images):
             views = self.method.views(images)
-        if self.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            if self.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         out = self.method.training_loss(views)
         loss = out.loss
         if not torch.isfinite(loss.detach()).item():

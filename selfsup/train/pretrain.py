@@ -48,6 +48,7 @@ class _BatchDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> Any:
         from selfsup.data import make_dataloader
+        from selfsup.data.loader import pin_memory_for
 
         # the loader shards by rank itself; Lightning reshuffles it through sampler.set_epoch
         return make_dataloader(
@@ -59,7 +60,7 @@ class _BatchDataModule(L.LightningDataModule):
             rank=self.trainer.global_rank,
             world_size=self.trainer.world_size,
             num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=pin_memory_for(self.trainer.strategy.root_device),
         )
 
 

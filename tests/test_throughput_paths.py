@@ -1,0 +1,144 @@
+"""The fast paths give the same numbers as the plain ones: caches, memory maps, bf16 and
+channels_last, pinning and thread choices."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import selfsup
+import selfsup.data.folders as folders
+from selfsup.data import BatchLoader, ImageDataset, load_image_folder
+from selfsup.data.folders import decode_image
+from selfsup.data.loader import pin_memory_for
+from selfsup.train.precision import SMALL_VIEWS_ELEMENTS, views_threads
+
+# --- decoded-folder cache ------------------------------------------------------------------------
+
+
+def make_folder(root: Path, n: int = 12) -> list[str]:
+    """``n`` small RGB images of different sizes in two class folders; returns their paths."""
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(n):
+        h, w = 6 + i % 5, 7 + (i * 3) % 6
+        rel = f"{'ab'[i % 2]}/img{i:02d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / rel)
+        names.append(rel)
+    (root / "a" / "broken.png").write_bytes(b"not a png")
+    return sorted(names)
+
+
+def mapped_files() -> str:
+    return Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+
+
+@pytest.mark.parametrize("mmap", [True, False, None])
+def test_cached_equals_decoded(tmp_path, mmap):
+    root = tmp_path / "images"
+    names = make_folder(root)
+    cache = tmp_path / "cache"
+    plain = load_image_folder(root, 8, cache=False)
+    first = load_image_folder(root, 8, cache_dir=cache, mmap=mmap)  # decodes, writes the cache
+    again = load_image_folder(root, 8, cache_dir=cache, mmap=mmap)  # reads the cache
+    by_hand = np.stack([decode_image(root / rel, 8, "RGB") for rel in names])
+    assert plain.names == first.names == again.names == names
+    assert plain.skipped == first.skipped == again.skipped == ["a/broken.png"]
+    for data in (plain, first, again):
+        assert data.images.dtype == torch.uint8 and data.images.shape == (12, 3, 8, 8)
+        assert np.array_equal(data.images.numpy(), by_hand)
+        assert data.labels.tolist() == plain.labels.tolist()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps")
+def test_large_cache_is_memory_mapped_small_one_read(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    make_folder(root)
+    cache = tmp_path / "cache"
+    load_image_folder(root, 8, cache_dir=cache)
+    (npy,) = cache.glob("*.npy")
+    small = load_image_folder(root, 8, cache_dir=cache)  # 2 KB < MMAP_MIN_BYTES: read
+    assert str(npy) not in mapped_files()
+    monkeypatch.setattr(folders, "MMAP_MIN_BYTES", 100)
+    large = load_image_folder(root, 8, cache_dir=cache)  # now "larger than the threshold"
+    assert str(npy) in mapped_files()
+    assert torch.equal(small.images, large.images)
+    forced = load_image_folder(root, 8, cache_dir=cache, mmap=False)
+    assert torch.equal(forced.images, large.images)
+    large.images[0, 0, 0, 0] = 255 - int(large.images[0, 0, 0, 0])  # copy-on-write map
+    assert torch.equal(load_image_folder(root, 8, cache_dir=cache).images, small.images)
+
+
+def test_loader_gathers_the_same_batches_from_a_memory_map(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
+    path = tmp_path / "images.npy"
+    np.save(path, images)
+    mapped = ImageDataset(np.load(path, mmap_mode="c"))
+    in_memory = ImageDataset(torch.from_numpy(images.copy()))
+    for a, b in zip(
+        BatchLoader(mapped, 16, seed=3), BatchLoader(in_memory, 16, seed=3), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+# --- precision and memory format ------------------------------------------------------------------
+
+
+def _loss(name: str, views: list[torch.Tensor], *, channels_last: bool, bf16: bool) -> float:
+    torch.manual_seed(0)
+    method = selfsup.build(
+        name, backbone="convnet_tiny", in_channels=3, image_size=16, backbone_kwargs={"width": 8}
+    )
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return float(method.training_loss(views).loss.detach())
+
+
+@pytest.mark.parametrize("name", ["simclr", "fastsiam", "byol"])
+def test_channels_last_and_bf16_losses_match_fp32(name):
+    num_views = 4 if name == "fastsiam" else 2
+    generator = torch.Generator().manual_seed(0)
+    views = [torch.randn(32, 3, 16, 16, generator=generator) for _ in range(num_views)]
+    fp32 = _loss(name, views, channels_last=False, bf16=False)
+    assert np.isfinite(fp32)
+    assert _loss(name, views, channels_last=True, bf16=False) == pytest.approx(fp32, abs=1e-4)
+    # bf16 keeps 8 bits of mantissa: the loss moves by under 1 % (NT-Xent, ~4 here), or by
+    # under 0.005 for the cosine losses in [-1, 1] (near 0 at initialisation)
+    close = pytest.approx(fp32, rel=1e-2, abs=5e-3)
+    assert _loss(name, views, channels_last=False, bf16=True) == close
+    assert _loss(name, views, channels_last=True, bf16=True) == close
+
+
+# --- pinning and threads --------------------------------------------------------------------------
+
+
+def test_pin_memory_only_for_cuda(monkeypatch):
+    assert pin_memory_for("cpu") is False
+    assert pin_memory_for(torch.device("cpu")) is False
+    for device in ("cuda", "cuda:1", "gpu", torch.device("cuda", 0)):
+        assert pin_memory_for(device) is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pin_memory_for("auto") is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pin_memory_for("auto") is True
+
+
+def test_views_threads_one_thread_for_small_cpu_batches():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with views_threads(torch.zeros(8, 3, 4, 4, dtype=torch.uint8)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with views_threads(torch.zeros(SMALL_VIEWS_ELEMENTS, dtype=torch.uint8)):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), views_threads(torch.zeros(1)):
+            raise RuntimeError("restored even on errors")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
