@@ -45,8 +45,8 @@ from selfsup.data import ImageDataset, is_idx_folder, load_dataset  # noqa: E402
 from selfsup.eval import extract_features, knn_evaluate, linear_probe  # noqa: E402
 from selfsup.eval.protocol import VAL_FRACTION, validation_indices  # noqa: E402
 from selfsup.train.optim import build_optimizer  # noqa: E402
-from selfsup.train.precision import resolve_channels_last, resolve_precision  # noqa: E402
-from selfsup.train.pretrain import build_method  # noqa: E402
+from selfsup.train.precision import resolve_precision  # noqa: E402
+from selfsup.train.pretrain import build_method, prepared_method  # noqa: E402
 
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = (
@@ -123,13 +123,7 @@ def seconds_per_step(cfg: PretrainConfig, train: ImageDataset) -> float:
     """Median time of a full training step (views, loss, backward, optimizer) after a warm-up,
     with the precision and memory format the trainer will use."""
     torch.manual_seed(cfg.seed)
-    method = build_method(cfg, train)
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
-    channels_last = resolve_channels_last(
-        cfg.channels_last, cfg.backbone, precision, cfg.accelerator
-    )
-    if channels_last:
-        method = method.to(memory_format=torch.channels_last)
+    method, precision, channels_last = prepared_method(cfg, train)
     optimizer = build_optimizer(cfg.optimizer, method, lr=1e-3, weight_decay=0.0, momentum=0.9)
     batch = train.images[: cfg.batch_size]
 

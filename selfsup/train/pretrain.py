@@ -159,6 +159,19 @@ def build_method(cfg: PretrainConfig, train: Any) -> Any:
     )
 
 
+def prepared_method(cfg: PretrainConfig, train: Any) -> tuple[Any, str, bool]:
+    """(method, precision, channels_last): the method built for ``train`` in the memory
+    format the trainer uses, with the precision chosen for the hardware."""
+    method = build_method(cfg, train)
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    channels_last = resolve_channels_last(
+        cfg.channels_last, cfg.backbone, precision, cfg.accelerator
+    )
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    return method, precision, channels_last
+
+
 def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     """Pretrain a method; returns ``(method, run_dir)``.
 
@@ -187,13 +200,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     train = load_dataset(
         cfg.data, image_size=cfg.image_size, in_channels=cfg.in_channels, split=split
     )
-    method = build_method(cfg, train)
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
-    channels_last = resolve_channels_last(
-        cfg.channels_last, cfg.backbone, precision, cfg.accelerator
-    )
-    if channels_last:
-        method = method.to(memory_format=torch.channels_last)
+    method, precision, channels_last = prepared_method(cfg, train)
     bank, queries = _monitor_data(cfg, train)
     knn_precision = "bf16-mixed" if precision == "bf16-mixed" else "32-true"
 
