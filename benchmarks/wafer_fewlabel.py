@@ -149,6 +149,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="at least this many fine-tuning steps (1 %% = 623 labels)",
     )
     parser.add_argument("--finetune-batch", type=int, default=128)
+    parser.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="only the baseline rows (they need the run's architecture only)",
+    )
     parser.add_argument("--finetune-val", type=int, default=4000, help="val maps for selection")
     parser.add_argument("--subsample", type=int, default=None, help="cap every split (smoke)")
     parser.add_argument("--precision", default="auto")
@@ -181,21 +186,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     probe_args = (num_classes, class_names, args)
     rows: dict[str, Any] = {}
     print(f"pretrained backbone from {ckpt}", flush=True)
-    if probes:
+    if probes and not args.baselines_only:
         rows |= probe_rows("pretrained", features(method.backbone), data, *probe_args)
+    if probes:
         if "random" in args.baselines:
             rows |= probe_rows("random init", features(random_method.backbone), data, *probe_args)
         if "raw" in args.baselines:
             raw = {s: recipe.preprocess(ds.images).flatten(1) for s, ds in data.items()}
             rows |= probe_rows("raw pixels", raw, data, *probe_args)
-    if "finetune" in args.protocols:
+    if "finetune" in args.protocols and not args.baselines_only:
         rows |= finetune_rows("pretrained + fine-tune", method.backbone, recipe, data,
                               num_classes, class_names, args)  # fmt: skip
+    if "finetune" in args.protocols:
         if "supervised" in args.baselines:
             rows |= finetune_rows("supervised from scratch", random_method.backbone, recipe,
                                   data, num_classes, class_names, args)  # fmt: skip
     wall = time.perf_counter() - start
-    summary = json.loads((ckpt.parent.parent / "summary.json").read_text())
+    summary_path = ckpt.parent.parent / "summary.json"  # absent while the run still trains
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     print()
     for key in ("macro_f1", "balanced_accuracy", "accuracy"):
         print(table(rows, key) + "\n")
