@@ -1,6 +1,5 @@
 """Synthetic wafer maps: codes, sizes, class balance, statistics by hand, calibration vs real."""
 
-
 import numpy as np
 import pytest
 
