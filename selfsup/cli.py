@@ -49,20 +49,28 @@ def load_trained(path: str | Path, checkpoint: str = "auto") -> tuple[Any, Any, 
     return method.backbone.eval(), method.views.preprocess, backbone_metadata(method)
 
 
-def preprocess_for(meta: dict[str, Any]) -> Any:
+def recipe_for(meta: dict[str, Any]) -> Any:
+    """The view recipe a trained backbone expects (size, channels, style, normalisation, wafer
+    encoding), from its metadata; its ``preprocess`` is the evaluation transform."""
     from selfsup.views.recipes import make_views
 
-    overrides = {}
-    if meta.get("mean") and meta.get("std"):
+    style = meta.get("view_style", "natural")
+    overrides: dict[str, Any] = {}
+    if style == "natural" and meta.get("mean") and meta.get("std"):
         overrides = {"mean": tuple(meta["mean"]), "std": tuple(meta["std"])}
-    recipe = make_views(
+    if style == "wafer" and meta.get("wafer_encoding", "codes") != "codes":
+        overrides = {"encoding": meta["wafer_encoding"]}
+    return make_views(
         "simclr",
         image_size=meta["image_size"],
         in_channels=meta["in_channels"],
-        style=meta.get("view_style", "natural"),
-        **(overrides if meta.get("view_style", "natural") == "natural" else {}),
+        style=style,
+        **overrides,
     )
-    return recipe.preprocess
+
+
+def preprocess_for(meta: dict[str, Any]) -> Any:
+    return recipe_for(meta).preprocess
 
 
 # --- commands -------------------------------------------------------------------------------------

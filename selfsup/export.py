@@ -23,7 +23,9 @@ def backbone_metadata(method: Any) -> dict[str, Any]:
     return {
         "name": method.backbone.name,
         "backbone_kwargs": kwargs.get("backbone_kwargs", {}),
-        "in_channels": method.backbone.in_channels,
+        "in_channels": method.in_channels,  # of the data the views take
+        "backbone_in_channels": method.backbone.in_channels,
+        "wafer_encoding": getattr(views, "encoding", "codes"),
         "feature_dim": method.backbone.feature_dim,
         "image_size": method.image_size,
         "view_style": method.view_style,
@@ -62,7 +64,8 @@ def load_backbone(path: str | Path) -> Backbone:
     kwargs = dict(meta.get("backbone_kwargs") or {})
     if name.startswith("cifar_") and name[len("cifar_") :].startswith("resnet"):
         kwargs.pop("cifar_stem", None)
-    backbone = build_backbone(name, meta["in_channels"], **kwargs)
+    channels = meta.get("backbone_in_channels", meta["in_channels"])
+    backbone = build_backbone(name, channels, **kwargs)
     state = load_file(str(weights_path))
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -299,3 +299,25 @@ def test_views_dict_sets_recipe_parameters_and_survives_a_rebuild():
                       view_style="wafer", views={"regrid": 0.5})  # fmt: skip
     with pytest.raises(ValueError, match="num_views follow"):
         selfsup.build("fastsiam", backbone="convnet_tiny", views={"num_views": 2})
+
+
+def test_fail_mask_method_has_a_two_channel_backbone_and_exports_it(tmp_path):
+    from selfsup.cli import preprocess_for
+    from selfsup.export import export_backbone, load_backbone
+
+    method = selfsup.build(
+        "fastsiam", backbone="convnet_tiny", in_channels=1, image_size=16, view_style="wafer",
+        backbone_kwargs={"width": 4}, views={"encoding": "fail_mask"},
+    )  # fmt: skip
+    assert method.backbone.in_channels == 2 and method.in_channels == 1
+    codes = torch.randint(0, 3, (8, 1, 20, 20), dtype=torch.uint8)
+    loss = method(codes)
+    assert torch.isfinite(loss)
+    export_backbone(method, tmp_path)
+    backbone = load_backbone(tmp_path)
+    meta = backbone.metadata
+    assert backbone.in_channels == 2 and meta["in_channels"] == 1
+    assert meta["wafer_encoding"] == "fail_mask"
+    x = preprocess_for(meta)(codes)
+    assert x.shape == (8, 2, 16, 16)
+    assert backbone(x).shape == (8, backbone.feature_dim)

@@ -697,3 +697,22 @@ def test_crop_scale_bounds_math():
     assert torch.allclose(axis_x[:, 0], torch.full((2,), 16.0), atol=1e-4)
     assert torch.allclose(centre, torch.full((2, 2), 8.0), atol=1e-4)
     assert math.isclose(float(axis_y[0, 1]), 16.0, abs_tol=1e-4)
+
+
+def test_fail_mask_encoding_comes_after_the_views():
+    codes = wafer_batch(b=4, size=16)
+    recipe = make_views("fastsiam", image_size=12, in_channels=1, style="wafer",
+                        encoding="fail_mask", regrid_p=0.5)  # fmt: skip
+    assert recipe.out_channels == 2 and recipe.in_channels == 1
+    for view in recipe(codes, generator=gen()):
+        assert view.shape == (4, 2, 12, 12)
+        assert set(view.unique().tolist()) <= {0.0, 1.0}
+        assert (view[:, 0] <= view[:, 1]).all()  # a failing die is on the wafer
+    pre = recipe.preprocess(codes)
+    plain = make_views("fastsiam", image_size=12, in_channels=1, style="wafer").preprocess(codes)
+    assert torch.equal(pre[:, 0], (plain[:, 0] == 1).float())  # code 2 -> 1.0 after / 2
+    assert torch.equal(pre[:, 1], (plain[:, 0] > 0).float())
+    with pytest.raises(ValueError, match="has no parameter 'encoding'"):
+        make_views("simclr", image_size=12, in_channels=1, style="natural", encoding="fail_mask")
+    with pytest.raises(ValueError, match="encoding must be one of"):
+        make_views("simclr", image_size=12, in_channels=1, style="wafer", encoding="onehot")

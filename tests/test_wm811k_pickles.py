@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import selfsup
 from selfsup.data.dataset import spec_kind
@@ -363,3 +364,20 @@ def test_converted_full_file_is_a_data_spec_for_pretraining(tmp_path, caplog):
     assert "kNN monitor off" in caplog.text and "has no split 'val'" in caplog.text
     assert (run / "backbone.safetensors").is_file()
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]  # no best: no kNN
+
+
+def test_fail_mask_input_from_the_config_end_to_end(tmp_path):
+    from selfsup.cli import load_trained
+
+    path = write_wafer_npz(small_maps(["Training", "", "Test", "Training"]), tmp_path / "w.npz")
+    _, run = selfsup.pretrain(
+        method="simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4},
+        method_kwargs={"views": {"encoding": "fail_mask"}}, data=str(path), image_size=8,
+        max_steps=2, batch_size=2, precision="32-true", progress_bar=False,
+        out=str(tmp_path / "runs"), name="failmask",
+    )  # fmt: skip
+    backbone, preprocess, meta = load_trained(run)
+    assert backbone.in_channels == 2 and meta["wafer_encoding"] == "fail_mask"
+    codes = torch.from_numpy(np.stack([nearest_resize(m, 8) for m in small_maps(["a"] * 4).maps]))
+    x = preprocess(codes.unsqueeze(1))
+    assert x.shape == (4, 2, 8, 8) and backbone(x).shape[0] == 4

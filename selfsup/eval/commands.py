@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfsup.cli import load_trained
+from selfsup.cli import load_trained, recipe_for
 from selfsup.data.dataset import WAFER_SPECS
 
 # The split each role reads from data that has named splits; None: carved from train.
@@ -196,15 +196,11 @@ def _fit_and_test(
     """(chosen settings, test metrics): fit ``protocol`` on train, select on val, test once."""
     from selfsup.eval import extract_features, linear_probe, mlp_probe
     from selfsup.eval.finetune import finetune
-    from selfsup.views.recipes import make_views
 
     test = splits["test"]
     num_classes = int(max(int(ds.labels.max()) for ds in splits.values()) + 1)
     if protocol == "finetune":
-        style = meta.get("view_style", "natural")
-        recipe = make_views(
-            "simclr", image_size=meta["image_size"], in_channels=meta["in_channels"], style=style
-        )
+        recipe = recipe_for(meta)
         result = finetune(
             backbone, splits["train"].images, splits["train"].labels,
             splits["val"].images, splits["val"].labels, augment=recipe.single_view,

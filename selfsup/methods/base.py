@@ -69,12 +69,15 @@ class Method(nn.Module):
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.backbone: Backbone = build_backbone(backbone, in_channels, **(backbone_kwargs or {}))
-        self.feature_dim = self.backbone.feature_dim
-        self.in_channels = in_channels
+        self.in_channels = in_channels  # of the data; the views may encode it (wafer fail_mask)
         self.image_size = image_size
         self.view_style = view_style
         self.views = self._resolve_views(views)
+        backbone_channels = getattr(self.views, "out_channels", in_channels)
+        self.backbone: Backbone = build_backbone(
+            backbone, backbone_channels, **(backbone_kwargs or {})
+        )
+        self.feature_dim = self.backbone.feature_dim
 
     # -- views ---------------------------------------------------------------------------------
     def _resolve_views(self, views: Any) -> Callable[[Tensor], list[Tensor]]:

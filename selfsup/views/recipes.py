@@ -39,7 +39,9 @@ class ViewRecipe:
     on the batch's device), each sample with its own random draws.
 
     Natural style ends with per-channel normalisation (``mean``, ``std``); wafer style ends with
-    code / 2, so views hold only {0, 0.5, 1} and zero padding means off-wafer. With
+    code / 2, so views hold only {0, 0.5, 1} and zero padding means off-wafer, or, with
+    ``encoding="fail_mask"``, with two 0/1 channels (fail die, on-wafer die; Kahng & Kim 2021):
+    the views and the noise work on the codes, the encoding comes last (``out_channels`` = 2). With
     ``rotations=True`` (RotNet) the one base view is returned rotated by 0, 90, 180 and 270
     degrees (``torch.rot90`` direction): view i has target i.
     Set ``generator`` (or pass one to the call) for reproducible views.
@@ -58,6 +60,7 @@ class ViewRecipe:
         std: Sequence[float] | None = None,
         rotations: bool = False,
         generator: torch.Generator | None = None,
+        encoding: str = "codes",
     ) -> None:
         self.name = name
         self.views = list(views)
@@ -85,6 +88,19 @@ class ViewRecipe:
                 raise ValueError(f"view recipe '{name}': std must be positive, got {self.std}")
         elif mean is not None or std is not None:
             raise ValueError("mean/std apply to natural images only; wafer views end with code / 2")
+        if encoding not in WAFER_ENCODINGS:
+            raise ValueError(f"encoding must be one of {WAFER_ENCODINGS}, got '{encoding}'")
+        if encoding == "fail_mask" and (style != "wafer" or in_channels != 1):
+            raise ValueError(
+                "encoding 'fail_mask' turns 1-channel wafer codes into (fail, on-wafer) channels; "
+                f"got style={style!r}, in_channels={in_channels}"
+            )
+        self.encoding = encoding
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the views and of ``preprocess``: what the backbone takes in."""
+        return 2 if self.encoding == "fail_mask" else self.in_channels
 
     @property
     def num_views(self) -> int:
@@ -110,6 +126,8 @@ class ViewRecipe:
 
     def _finish(self, x: Tensor) -> Tensor:
         if self.style == "wafer":
+            if self.encoding == "fail_mask":  # WaPIRL's input: fail die, on-wafer die
+                return torch.cat([x == 2, x > 0], dim=1).to(x.dtype)
             return x * 0.5
         return normalize(x, self.mean, self.std)  # type: ignore[arg-type]
 
@@ -167,6 +185,7 @@ Defaults = Callable[[int], Params]
 Build = Callable[[Params, int], list[View]]
 NATURAL_VIEW_KEYS = tuple(f.name for f in dataclasses.fields(NaturalView) if f.name != "size")
 WAFER_VIEW_KEYS = tuple(f.name for f in dataclasses.fields(WaferView) if f.name != "size")
+WAFER_ENCODINGS = ("codes", "fail_mask")
 _DINO_COUNTS: Params = {"num_global_crops": 2, "num_local_crops": 6, "local_size": None}
 _ROTATION_LABEL_KEYS = ("rot90", "free_rotation_degrees", "rotation_degrees")
 
@@ -263,9 +282,11 @@ def _wafer_views(p: Params, size: int, count: int, **fixed: Any) -> list[View]:
 
 
 def _wafer_defaults(image_size: int) -> Params:
-    """Every wafer recipe's base: random 90-degree turn, flips, 3 % die-flip noise; no crop or
-    free rotation unless asked (both cut dies off the wafer's edge)."""
-    return {f.name: f.default for f in dataclasses.fields(WaferView) if f.name != "size"}
+    """Every wafer recipe's base: random 90-degree turn, flips, 3 % die-flip noise; no crop,
+    free rotation or re-gridding unless asked (crop and rotation cut dies off the wafer's edge);
+    the model input encoding ``codes`` (1 channel, code / 2) or ``fail_mask`` (2 channels)."""
+    fields = {f.name: f.default for f in dataclasses.fields(WaferView) if f.name != "size"}
+    return {**fields, "encoding": "codes"}
 
 
 def _wafer_multiview_defaults(image_size: int) -> Params:
@@ -391,6 +412,7 @@ def make_views(
         mean=params.get("mean"),
         std=params.get("std"),
         rotations=name == "rotation",
+        encoding=params.get("encoding", "codes"),
     )
 
 
