@@ -160,10 +160,11 @@ def test_cli_supervised_protocols_record_selection_and_test(labelled_npz, tmp_pa
     assert "epoch" in record["chosen"] and len(record["backbone"]["checksum"]) == 16
 
 
-def test_cli_supervised_needs_test_data(labelled_npz, tmp_path, capsys):
+@pytest.mark.parametrize("protocol", ["linear", "transfer"])
+def test_cli_supervised_and_transfer_need_test_data(labelled_npz, tmp_path, capsys, protocol):
     train, val = labelled_npz
     assert main(pretrain_args(train, val, tmp_path)) == 0
-    assert main(["eval", "linear", str(tmp_path / "cli"), "--data", str(train)]) == 2
+    assert main(["eval", protocol, str(tmp_path / "cli"), "--data", str(train)]) == 2
     assert "--test-data" in capsys.readouterr().err
 
 
@@ -246,13 +247,6 @@ def test_cli_transfer_probes_an_rgb_backbone_on_a_grey_idx_folder(
         assert len(record["backbone"]["checksum"]) == 16
         # 3 classes that differ in grey level: any sane probe beats chance on them
         assert record["test"]["accuracy"] > 0.6
-
-
-def test_cli_transfer_needs_labelled_target_data(labelled_npz, tmp_path, capsys):
-    train, val = labelled_npz
-    assert main(pretrain_args(train, val, tmp_path)) == 0
-    assert main(["eval", "transfer", str(tmp_path / "cli"), "--data", str(train)]) == 2
-    assert "--test-data" in capsys.readouterr().err
 
 
 def test_cli_transfer_from_a_wafer_backbone_feeds_natural_images_in_its_range(idx_folder, tmp_path):

@@ -138,27 +138,24 @@ class ImageDataset:
             weights = torch.tensor(LUMINANCE).view(1, 3, 1, 1)
             grey = (self.images.float() * weights).sum(dim=1, keepdim=True)
             images = grey.round().clamp(0, 255).to(torch.uint8)
-        return ImageDataset(
-            images,
-            self.labels,
-            class_names=self.class_names,
-            names=self.names,
-            style=self.style,
-            source=f"{self.source} [{CHANNEL_CONVERSIONS[(self.in_channels, in_channels)]}]",
-        )
+        return self._converted(images, CHANNEL_CONVERSIONS[(self.in_channels, in_channels)])
 
     def as_natural(self) -> ImageDataset:
         """Wafer maps as natural grey images (``WAFER_AS_GREY``); natural images unchanged."""
         if self.style == "natural":
             return self
         grey = (self.images.float() * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return self._converted(grey, WAFER_AS_GREY, style="natural")
+
+    def _converted(self, images: Tensor, how: str, style: str | None = None) -> ImageDataset:
+        """The same samples (labels, names) as other ``images``; ``how`` joins the source."""
         return ImageDataset(
-            grey,
+            images,
             self.labels,
             class_names=self.class_names,
             names=self.names,
-            style="natural",
-            source=f"{self.source} [{WAFER_AS_GREY}]",
+            style=style or self.style,
+            source=f"{self.source} [{how}]",
         )
 
     @property
