@@ -9,6 +9,7 @@ init on the same labels).
 
     python benchmarks/wafer_fewlabel.py --run RUN_FOLDER           # a finished `selfsup pretrain`
     python benchmarks/wafer_fewlabel.py --pretrain --epochs 9       # pretrain first (defaults)
+    python benchmarks/wafer_fewlabel.py --pretrain --method byol --minutes 30 --epochs 100
     python benchmarks/wafer_fewlabel.py --run RUN --subsample 600   # quick smoke run
 
 Writes a JSON with every number (including per-class F1) next to the printed tables.
@@ -47,7 +48,12 @@ def subsample(ds: Any, n: int | None, seed: int) -> Any:
 
 def trained_method(args: argparse.Namespace) -> tuple[Any, Path]:
     if args.pretrain:
-        overrides = {"epochs": args.epochs, "method": args.method, "progress_bar": False}
+        overrides = {
+            "epochs": args.epochs,
+            "max_minutes": args.minutes,
+            "method": args.method,
+            "progress_bar": False,
+        }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         _, run = selfsup.pretrain(out=args.out, **overrides)
     else:
@@ -136,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pretrain", action="store_true", help="pretrain first")
     parser.add_argument("--method", default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="pretraining time budget (with --pretrain)"
+    )
     parser.add_argument("--out", default="runs/wafer_fewlabel")
     parser.add_argument("--protocols", nargs="+", default=["linear", "mlp", "finetune"])
     parser.add_argument("--baselines", nargs="+", default=["random", "raw", "supervised"])

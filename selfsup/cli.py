@@ -88,6 +88,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         "data": args.data,
         "epochs": args.epochs,
         "max_steps": args.max_steps,
+        "max_minutes": args.max_minutes,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "optimizer": args.optimizer,
@@ -253,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help=SPEC_HELP)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int)
+    p.add_argument(
+        "--minutes",
+        type=float,
+        dest="max_minutes",
+        help="wall-clock budget: the LR schedule ends and training stops when it is spent "
+        "(or at --epochs / --max-steps, whichever comes first)",
+    )
     p.add_argument("--batch-size", type=int, help="per device")
     p.add_argument("--lr", type=float, help="base LR at batch 256 (scaled by lr_scaling)")
     p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"])

@@ -31,7 +31,9 @@ class PretrainConfig:
     view_style: str | None = None  # natural | wafer; None: what the data is
     epochs: int = 3
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    max_minutes: float | None = None  # wall-clock guard: stop training after this long
+    # wall-clock budget: the LR cosine and the methods' schedules run on
+    # max(steps / total steps, minutes / max_minutes) and training stops when either ends
+    max_minutes: float | None = None
     batch_size: int = 256
     optimizer: str = "sgd"  # sgd | lars | adamw
     lr: float = 0.06  # base learning rate for batch size 256 (see lr_scaling)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import load_benchmark, make_idx_folder
 
 
@@ -13,7 +14,8 @@ def test_benchmark_pretrains_each_method_and_scores_every_row(tmp_path, capsys):
     folder = make_idx_folder(tmp_path / "fashion-mnist", n_train=120, n_test=60, size=14)
     argv = ["--data", str(folder), "--minutes", "0.04", "--methods", "simclr", "byol",
             "--backbone", "convnet_tiny", "--width", "4", "--image-size", "16",
-            "--batch-size", "32", "--out", str(tmp_path / "runs")]  # fmt: skip
+            "--batch-size", "32", "--out", str(tmp_path / "runs"),
+            "--set", "method_kwargs.views.crop_scale=[0.3,1.0]"]  # fmt: skip
     script = load_benchmark("fashion_mnist")
     script.PROBE_SETTINGS = {"epochs": 15, "patience": 5}  # the default 200 is for 54k images
     assert script.main(argv) == 0
@@ -29,6 +31,10 @@ def test_benchmark_pretrains_each_method_and_scores_every_row(tmp_path, capsys):
         row = record["rows"][name]
         assert row["pretraining"]["steps"] >= 1 and 0 <= row["linear_top1"] <= 1
         assert Path(row["pretraining"]["run"], "backbone.safetensors").is_file()
+        # the time budget, not the 1000-epoch bound, ends pretraining
+        assert row["pretraining"]["minutes"] >= 0.04 and row["pretraining"]["epochs"] < 1000
+        config = yaml.safe_load(Path(row["pretraining"]["run"], "config.yaml").read_text())
+        assert config["method_kwargs"]["views"]["crop_scale"] == [0.3, 1.0]
     # the grey levels separate the classes: raw pixels must find them
     assert record["rows"]["raw pixels"]["linear_top1"] > 0.9
 

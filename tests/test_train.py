@@ -165,6 +165,7 @@ def test_killed_run_resumes_from_last_checkpoint(labelled_npz, tmp_path):
     assert resumed == run
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 * 6 and summary["epochs_completed"] == 3
+    assert ckpt["selfsup_train_seconds"] > 0  # a time budget continues where it stopped
     assert (run / "metrics.part0.csv").is_file()  # the killed part's metrics are kept
     assert not list(run.rglob("*.tmp*"))
 
@@ -180,6 +181,7 @@ def test_two_process_ddp_run_on_cpu(labelled_npz, tmp_path):
         "--accelerator", "cpu", "--devices", "2", "--out", str(tmp_path), "--name", "ddp",
         "--no-progress", "--set", "backbone_kwargs.width=4", "--set", f"val_data={val}",
         "--set", "method_kwargs={proj_hidden_dim: 16, proj_dim: 8}", "--set", "knn_k=[3]",
+        "--minutes", "60",  # process 0's clock is broadcast every step
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -190,6 +192,43 @@ def test_two_process_ddp_run_on_cpu(labelled_npz, tmp_path):
     assert provenance["world_size"] == 2
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["ddp"]  # no second run folder
+
+
+class FakeClock:
+    """time.monotonic advancing one second per call: one call per training step."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_time_budget_ends_the_lr_schedule_and_training(labelled_npz, tmp_path, monkeypatch):
+    import selfsup.train.module as module
+
+    monkeypatch.setattr(module, "time", FakeClock())
+    train, val = labelled_npz
+    # 50 epochs x 6 steps would be 300 steps; the 12-"second" budget ends it after ~12
+    cfg = tiny_config(train, val, tmp_path, epochs=50, max_minutes=12 / 60, warmup_epochs=0.5)
+    _, run = selfsup.pretrain(cfg)
+    summary = json.loads((run / "summary.json").read_text())
+    assert 8 <= summary["steps"] <= 14
+    lrs = [float(row["train/lr"]) for row in _csv_rows(run / "metrics.csv") if row["train/lr"]]
+    peak = max(lrs)
+    assert lrs[-1] < 0.05 * peak  # annealed by the clock, not cut mid-schedule
+    after_warmup = lrs[lrs.index(peak) :]
+    assert after_warmup == sorted(after_warmup, reverse=True)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["max_minutes"] == pytest.approx(0.2)
+
+
+def _csv_rows(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def test_keyword_none_overrides_config_defaults(tmp_path):

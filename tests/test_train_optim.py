@@ -24,6 +24,16 @@ def test_warmup_cosine_shape():
     assert warmup_cosine(100, total, warm, final_fraction=0.1) == pytest.approx(0.1)
 
 
+def test_warmup_cosine_follows_a_time_budget_that_runs_out_first():
+    total, warm = 100, 10
+    # step 20 of 100 is 1/9 through the cosine, but half of the time budget is spent
+    assert warmup_cosine(20, total, warm, time_progress=0.5) == pytest.approx(0.5)
+    assert warmup_cosine(20, total, warm, time_progress=1.0) == pytest.approx(0.0, abs=1e-12)
+    # the step count still ends the schedule when it is further along than the clock
+    assert warmup_cosine(100, total, warm, time_progress=0.1) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(3, total, warm, time_progress=0.9) == pytest.approx(0.4)  # warm-up
+
+
 def test_parameter_groups_exclude_bias_and_norm_from_decay():
     net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     decay, no_decay = parameter_groups(net, 0.5)

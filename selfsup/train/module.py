@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -37,6 +38,7 @@ class PretrainModule(L.LightningModule):
         warmup_steps: int = 0,
         total_steps: int = 1,
         channels_last: bool = False,
+        time_budget_minutes: float | None = None,
         build_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -48,13 +50,51 @@ class PretrainModule(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.total_steps = max(1, total_steps)
         self.channels_last = channels_last
+        self.time_budget_s = 60 * time_budget_minutes if time_budget_minutes else None
+        self.time_progress = 0.0  # elapsed / budget, the same on every process
+        self._train_seconds_before = 0.0  # training time of earlier runs of a resumed fit
+        self._clock_start: float | None = None
         # enough to rebuild the method from a checkpoint alone
         self.save_hyperparameters({"build_config": build_config or {}})
 
     def _images(self, batch: Any) -> Tensor:
         return batch[0] if isinstance(batch, (tuple, list)) else batch
 
+    # --- wall-clock budget ----------------------------------------------------------------------
+
+    def train_seconds(self) -> float:
+        """Seconds of training so far, including the runs before a resume."""
+        if self._clock_start is None:
+            return self._train_seconds_before
+        return self._train_seconds_before + time.monotonic() - self._clock_start
+
+    def on_train_start(self) -> None:
+        self._clock_start = time.monotonic()
+
+    def _update_time_progress(self) -> None:
+        """elapsed / budget, taken from process 0 so every process follows the same schedule
+        and stops at the same step."""
+        if self.time_budget_s is None:
+            return
+        elapsed = self.trainer.strategy.broadcast(self.train_seconds(), src=0)
+        self.time_progress = min(1.0, elapsed / self.time_budget_s)
+
+    def progress(self) -> float:
+        """Training progress in [0, 1]: steps / total_steps, or the time budget's share when
+        that is further along. Drives the LR cosine and the methods' schedules."""
+        return min(1.0, max(self.global_step / self.total_steps, self.time_progress))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["selfsup_train_seconds"] = self.train_seconds()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._train_seconds_before = float(checkpoint.get("selfsup_train_seconds", 0.0))
+
+    # --- the step ---------------------------------------------------------------------------------
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        # before the optimizer step, so the LR scheduler (stepped right after it) sees it
+        self._update_time_progress()
         images = self._images(batch)
         # Views are data preparation: keep them out of autocast so geometric ops stay exact.
         with torch.autocast(device_type=images.device.type, enabled=False), views_threads(images):
@@ -77,7 +117,9 @@ class PretrainModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.method.on_train_step_end(min(1.0, self.global_step / self.total_steps))
+        self.method.on_train_step_end(self.progress())
+        if self.time_progress >= 1.0:
+            self.trainer.should_stop = True  # the budget is spent and the LR has annealed
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(
@@ -89,7 +131,8 @@ class PretrainModule(L.LightningModule):
         )
         warmup, total = self.warmup_steps, self.total_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total, warmup)
+            optimizer,
+            lambda step: warmup_cosine(step, total, warmup, time_progress=self.time_progress),
         )
         return {
             "optimizer": optimizer,

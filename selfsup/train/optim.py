@@ -118,12 +118,22 @@ def build_optimizer(
 
 
 def warmup_cosine(
-    step: int, total_steps: int, warmup_steps: int, final_fraction: float = 0.0
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    final_fraction: float = 0.0,
+    time_progress: float = 0.0,
 ) -> float:
     """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to
-    ``final_fraction`` at ``total_steps`` (Loshchilov & Hutter 2017, without restarts)."""
+    ``final_fraction`` (Loshchilov & Hutter 2017, without restarts).
+
+    The cosine runs on progress p = max((step - warmup) / (total - warmup), time_progress),
+    so a wall-clock budget (``time_progress`` = elapsed / budget) ends the schedule when the
+    time is up even if fewer than ``total_steps`` steps ran:
+    factor = f + (1 - f) * (1 + cos(pi * p)) / 2.
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+    progress = min(1.0, max((step - warmup_steps) / span, time_progress))
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))

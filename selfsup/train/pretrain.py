@@ -260,7 +260,6 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         precision=precision,
         max_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
-        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         callbacks=callbacks,
         logger=[
             CSVLogger(run_dir, name="", version=""),
@@ -296,6 +295,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         warmup_steps=warmup_steps_for(cfg.warmup_epochs, steps_per_epoch, total_steps),
         total_steps=total_steps,
         channels_last=channels_last,
+        time_budget_minutes=cfg.max_minutes,
         build_config=build_config,
     )
 
