@@ -99,7 +99,9 @@ def probe_rows(name, feats, data, num_classes, class_names, args) -> dict[str, A
     return rows
 
 
-def finetune_rows(name, backbone, recipe, data, num_classes, class_names, args) -> dict[str, Any]:
+def finetune_rows(
+    name, backbone, recipe, data, num_classes, class_names, args, head_init="zero"
+) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     val_sel = subsample(data["val"], args.finetune_val, seed=1)
     for split in LABEL_SPLITS:
@@ -109,6 +111,7 @@ def finetune_rows(name, backbone, recipe, data, num_classes, class_names, args) 
             augment=recipe.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
+            head_init=head_init,
         )  # fmt: skip
         test = result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
@@ -116,6 +119,7 @@ def finetune_rows(name, backbone, recipe, data, num_classes, class_names, args) 
         rows.setdefault(name, {})[split] = {
             **scores(test),
             "chosen": {
+                "head_init": head_init,
                 "step": result.step,
                 "epoch": result.epoch,
                 "val_macro_f1": result.val_macro_f1,
@@ -158,6 +162,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="at least this many fine-tuning steps (1 %% = 623 labels)",
     )
     parser.add_argument("--finetune-batch", type=int, default=128)
+    parser.add_argument(
+        "--finetune-head",
+        default="zero",
+        choices=["zero", "probe"],
+        help="pretrained fine-tuning head start: zero, or probe (LP-FT); supervised starts at zero",
+    )
     parser.add_argument(
         "--baselines-only",
         action="store_true",
@@ -204,8 +214,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raw = {s: recipe.preprocess(ds.images).flatten(1) for s, ds in data.items()}
             rows |= probe_rows("raw pixels", raw, data, *probe_args)
     if "finetune" in args.protocols and not args.baselines_only:
-        rows |= finetune_rows("pretrained + fine-tune", method.backbone, recipe, data,
-                              num_classes, class_names, args)  # fmt: skip
+        name = "pretrained + fine-tune" + (" (LP-FT)" if args.finetune_head == "probe" else "")
+        rows |= finetune_rows(name, method.backbone, recipe, data, num_classes, class_names,
+                              args, head_init=args.finetune_head)  # fmt: skip
     if "finetune" in args.protocols:
         if "supervised" in args.baselines:
             rows |= finetune_rows("supervised from scratch", random_method.backbone, recipe,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from selfsup.backbones import build_backbone
-from selfsup.eval.finetune import class_weights, finetune, stratified_fraction
+from selfsup.eval.finetune import class_weights, finetune, probe_head, stratified_fraction
 
 
 def test_stratified_fraction_is_stratified_seeded_and_keeps_every_class():
@@ -83,3 +83,34 @@ def test_class_weights_modes():
     assert sqrt[2] / sqrt[0] == pytest.approx(10.0)
     with pytest.raises(ValueError, match="class_weighting"):
         class_weights(labels, 4, "inverse")
+
+
+def test_probe_head_init_starts_from_the_linear_probe():
+    """LP-FT: with nothing trained after it (lr 0, frozen backbone), the fine-tuned model is the
+    linear probe of the frozen features; the zero head predicts one class."""
+    train_x, train_y = blobs(64, 0)
+    val_x, val_y = blobs(32, 1)
+
+    def preprocess(x):
+        return x.float() / 255
+
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet_tiny", 1, width=4).eval()
+    common = dict(
+        augment=preprocess, preprocess=preprocess, num_classes=2, epochs=1, batch_size=16,
+        lr=0.0, backbone_lr=None,
+    )  # fmt: skip
+    lpft = finetune(backbone, train_x, train_y, val_x, val_y, head_init="probe", **common)
+    head = probe_head(
+        backbone, train_x, train_y, val_x, val_y, preprocess=preprocess, num_classes=2
+    )
+    torch.testing.assert_close(lpft.model.head.weight, head.weight)
+    with torch.no_grad():
+        expected = head(backbone(preprocess(val_x)))
+        got = lpft.model.eval()(preprocess(val_x))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert lpft.val_macro_f1 > 0.9  # the probe alone separates the blobs
+    zero = finetune(backbone, train_x, train_y, val_x, val_y, **common)
+    assert zero.model.head.weight.abs().sum() == 0 and zero.val_macro_f1 < 0.5
+    with pytest.raises(ValueError, match="head_init"):
+        finetune(backbone, train_x, train_y, val_x, val_y, head_init="random", **common)

@@ -3,7 +3,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from selfsup.eval import ProbeResult, linear_probe, macro_f1, mlp_probe
-from selfsup.eval.probe import _balanced_weights
+from selfsup.eval.probe import _balanced_weights, folded_linear
 
 FAST = {"weight_decays": (0.0, 1e-3), "epochs": 30}
 
@@ -157,3 +157,14 @@ def test_probe_errors_name_the_culprit():
         linear_probe(x, y, xv, yv, num_classes=3, optimizer="lbfgs", batch_size=8)
     with pytest.raises(ValueError, match="dropout"):
         mlp_probe(x, y, xv, yv, num_classes=3, dropout=1.5)
+
+
+def test_folded_linear_equals_the_standardised_probe():
+    x, y = blobs(120, 0)
+    x = x * 5 + 3  # far from standardised, so the fold matters
+    xv, yv = blobs(60, 1)
+    result = linear_probe(x, y, xv * 5 + 3, yv, num_classes=3, epochs=20)
+    folded = folded_linear(result.classifier)
+    torch.testing.assert_close(folded(x), result.classifier(x), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="linear probe"):
+        folded_linear(torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.Linear(3, 3)))

@@ -205,10 +205,11 @@ def _fit_and_test(
             backbone, splits["train"].images, splits["train"].labels,
             splits["val"].images, splits["val"].labels, augment=recipe.single_view,
             preprocess=preprocess, num_classes=num_classes, epochs=args.epochs,
-            min_steps=args.min_steps, seed=args.seed,
+            min_steps=args.min_steps, head_init=args.head_init, seed=args.seed,
         )  # fmt: skip
         metrics = result.evaluate(test.images, test.labels, preprocess, test.class_names)
-        chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1}
+        chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1,
+                  "head_init": args.head_init}  # fmt: skip
         return chosen, metrics
     feats = {k: extract_features(backbone, ds.images, preprocess) for k, ds in splits.items()}
     if protocol == "linear":
@@ -360,6 +361,10 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
         p.add_argument(
             "--min-steps", type=int, default=FINETUNE_MIN_STEPS,
             help="fine-tuning: at least this many steps (few labels make short epochs)",
+        )  # fmt: skip
+        p.add_argument(
+            "--head-init", default="zero", choices=["zero", "probe"],
+            help="fine-tuning head start: zero, or probe (LP-FT: the linear probe, chosen on val)",
         )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
 

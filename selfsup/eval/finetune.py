@@ -3,7 +3,10 @@
 The semi-supervised protocol of SimCLR (Chen et al. 2020, Sec. 6: fine-tune on 1 % / 10 % of
 the labels) with selection on the validation split: at evenly spaced steps the model scores
 macro-F1 on val; the best step's weights are returned. The test split never enters this module.
-The backbone has its own (smaller) learning rate; the head starts from zero.
+The backbone has its own (smaller) learning rate; the head starts from zero, or (LP-FT, Kumar
+et al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution")
+from the linear probe of the frozen features, chosen on val, so the first steps do not push
+the pretrained features around to fit a random head.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from selfsup.eval.features import extract_features
 from selfsup.eval.metrics import classification_metrics, macro_f1
+from selfsup.eval.probe import folded_linear, linear_probe
 from selfsup.train.optim import parameter_groups, warmup_cosine
 
 
@@ -37,18 +42,52 @@ def stratified_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tenso
     return torch.cat(chosen).sort().values
 
 
-class Classifier(nn.Module):
-    """Backbone + linear head: what fine-tuning trains and returns."""
+HEAD_INITS = ("zero", "probe")
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+
+class Classifier(nn.Module):
+    """Backbone + linear head: what fine-tuning trains and returns. The head starts at zero
+    (uniform predictions) unless ``head`` gives its starting weights."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head: nn.Linear | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.feature_dim, num_classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        if head is not None:
+            self.head.load_state_dict(head.state_dict())
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
+
+
+def probe_head(
+    backbone: nn.Module,
+    train_images: Tensor,
+    train_labels: Tensor,
+    val_images: Tensor,
+    val_labels: Tensor,
+    *,
+    preprocess: Callable[[Tensor], Tensor],
+    num_classes: int,
+    precision: str = "32-true",
+    seed: int = 0,
+) -> nn.Linear:
+    """The linear probe of ``backbone``'s frozen features (eval mode, no augmentation), weight
+    decay and iteration chosen on val, folded into one Linear on raw features: LP-FT's start."""
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    feats = [
+        extract_features(backbone, x, preprocess, device=device, precision=precision)
+        for x in (train_images, val_images)
+    ]
+    backbone.train(was_training)
+    probe = linear_probe(
+        feats[0], train_labels, feats[1], val_labels, num_classes=num_classes, seed=seed,
+        patience=20,
+    )  # fmt: skip
+    return folded_linear(probe.classifier).to(device)
 
 
 @dataclass
@@ -151,6 +190,7 @@ def finetune(
     weight_decay: float = 5e-4,
     class_weighting: str = "sqrt",
     label_smoothing: float = 0.0,
+    head_init: str = "zero",
     precision: str = "32-true",
     seed: int = 0,
 ) -> FinetuneResult:
@@ -162,14 +202,24 @@ def finetune(
     best state is returned. ``augment`` maps a raw uint8 batch to one augmented float view;
     ``preprocess`` is the deterministic eval transform. ``backbone_lr=None`` freezes the
     backbone (a linear probe trained with augmentation). ``class_weighting``: see
-    ``class_weights``. ``precision`` "bf16-mixed" runs forward passes under bf16 autocast.
+    ``class_weights``. ``head_init``: "zero", or "probe" (LP-FT: the head starts as the
+    linear probe of the frozen features, ``probe_head``). ``precision`` "bf16-mixed" runs
+    forward passes under bf16 autocast.
     """
     if train_images.shape[0] < 2:
         raise ValueError(f"finetune: need at least 2 training images, got {train_images.shape[0]}")
     if evaluations < 1:
         raise ValueError(f"finetune: evaluations must be >= 1, got {evaluations}")
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"finetune: head_init must be one of {HEAD_INITS}, got '{head_init}'")
     torch.manual_seed(seed)
-    model = Classifier(copy.deepcopy(backbone), num_classes)
+    head = None
+    if head_init == "probe":
+        head = probe_head(
+            backbone, train_images, train_labels, val_images, val_labels, preprocess=preprocess,
+            num_classes=num_classes, precision=precision, seed=seed,
+        )  # fmt: skip
+    model = Classifier(copy.deepcopy(backbone), num_classes, head)
     device = next(backbone.parameters()).device
     model.to(device)
     optimizer = _optimizer(model, lr, backbone_lr, weight_decay)

@@ -101,6 +101,23 @@ class ProbeResult:
         return classification_metrics(y, None, scores.shape[1], class_names, scores=scores)
 
 
+def folded_linear(classifier: nn.Module) -> nn.Linear:
+    """One ``nn.Linear`` equal to a linear probe's standardise-then-linear classifier.
+
+    (x - mean) / std -> W . + b  becomes  W' x + b'  with  W' = W / std (per input dimension)
+    and b' = b - W' mean, so the probe can be the head of a backbone on raw features.
+    """
+    standardize, linear = classifier[0], classifier[1]
+    if not isinstance(standardize, Standardize) or not isinstance(linear, nn.Linear):
+        raise ValueError("folded_linear expects a linear probe (Standardize, Linear)")
+    folded = nn.Linear(linear.in_features, linear.out_features)
+    with torch.no_grad():
+        weight = linear.weight / standardize.std
+        folded.weight.copy_(weight)
+        folded.bias.copy_(linear.bias - weight @ standardize.mean)
+    return folded
+
+
 def linear_probe(
     train_features: Tensor,
     train_labels: Any,
