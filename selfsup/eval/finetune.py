@@ -77,12 +77,10 @@ def probe_head(
     """The linear probe of ``backbone``'s frozen features (eval mode, no augmentation), weight
     decay and iteration chosen on val, folded into one Linear on raw features: LP-FT's start."""
     device = next(backbone.parameters()).device
-    was_training = backbone.training
-    feats = [
+    feats = [  # extract_features restores the backbone's modes afterwards
         extract_features(backbone, x, preprocess, device=device, precision=precision)
         for x in (train_images, val_images)
     ]
-    backbone.train(was_training)
     probe = linear_probe(
         feats[0], train_labels, feats[1], val_labels, num_classes=num_classes, seed=seed,
         patience=20,
