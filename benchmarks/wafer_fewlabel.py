@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_line  # noqa: E402
 
 import selfsup  # noqa: E402
+from selfsup.config import apply_overrides  # noqa: E402
 from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
 from selfsup.eval.finetune import finetune  # noqa: E402
@@ -104,11 +105,12 @@ def finetune_rows(
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     val_sel = subsample(data["val"], args.finetune_val, seed=1)
+    views = recipe.with_params(**args.finetune_views)  # the pretraining views unless replaced
     for split in LABEL_SPLITS:
         start = time.perf_counter()
         result = finetune(
             backbone, data[split].images, data[split].labels, val_sel.images, val_sel.labels,
-            augment=recipe.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
+            augment=views.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
             head_init=head_init,
@@ -120,6 +122,7 @@ def finetune_rows(
             **scores(test),
             "chosen": {
                 "head_init": head_init,
+                "views": args.finetune_views,
                 "step": result.step,
                 "epoch": result.epoch,
                 "val_macro_f1": result.val_macro_f1,
@@ -169,6 +172,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="pretrained fine-tuning head start: zero, or probe (LP-FT); supervised starts at zero",
     )
     parser.add_argument(
+        "--finetune-views",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fine-tuning view parameter replacing the pretraining recipe's, e.g. die_flip_p=0",
+    )
+    parser.add_argument(
         "--baselines-only",
         action="store_true",
         help="only the baseline rows (they need the run's architecture only)",
@@ -181,6 +191,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.run and not args.pretrain:
         parser.error("give --run RUN_FOLDER or --pretrain")
     args.precision = resolve_precision(args.precision, "auto")
+    bad = [item for item in args.finetune_views if "=" not in item]
+    if bad:
+        parser.error(f"--finetune-views expects KEY=VALUE, got '{bad[0]}'")
+    args.finetune_views = apply_overrides({}, args.finetune_views)
     start = time.perf_counter()
     method, ckpt = trained_method(args)
     method.eval()

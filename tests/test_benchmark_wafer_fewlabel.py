@@ -22,6 +22,7 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         "--run", str(run), "--subsample", "800", "--protocols", "linear", "finetune",
         "--baselines", "random", "supervised", "--linear-epochs", "15", "--finetune-epochs", "1",
         "--finetune-min-steps", "6", "--finetune-val", "300", "--precision", "32-true",
+        "--finetune-views", "die_flip_p=0",
         "--json", str(out),
     ])  # fmt: skip
     expected = {
@@ -35,6 +36,8 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
             assert 0 <= cell["macro_f1"] <= 1 and 0 <= cell["balanced_accuracy"] <= 1
             assert len(cell["per_class_f1"]) == 9
     assert json.loads(out.read_text())["rows"].keys() == expected
+    for name in ("pretrained + fine-tune", "supervised from scratch"):
+        assert rows[name]["train_1"]["chosen"]["views"] == {"die_flip_p": 0}
 
     def mean_f1(name):
         return sum(c["macro_f1"] for c in rows[name].values()) / 3

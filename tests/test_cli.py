@@ -160,6 +160,20 @@ def test_cli_supervised_protocols_record_selection_and_test(labelled_npz, tmp_pa
     assert "epoch" in record["chosen"] and len(record["backbone"]["checksum"]) == 16
 
 
+def test_cli_finetune_views_replace_recipe_parameters(labelled_npz, tmp_path, capsys):
+    train, val = labelled_npz
+    assert main(pretrain_args(train, val, tmp_path)) == 0
+    run = tmp_path / "cli"
+    argv = ["eval", "finetune", str(run), "--data", str(train), "--test-data", str(val),
+            "--epochs", "1", "--min-steps", "2"]  # fmt: skip
+    assert main([*argv, "--views", "crop_scale=[0.5, 1.0]", "--views", "hflip_p=0.25"]) == 0
+    views = json.loads((run / "eval_finetune_data.json").read_text())["chosen"]["views"]
+    assert views["crop_scale"] == [0.5, 1.0] and views["hflip_p"] == 0.25
+    assert views["jitter_p"] == 0.8  # the rest is the pretraining recipe's
+    assert main([*argv, "--views", "die_flip_p=0"]) == 2  # a wafer parameter on photos
+    assert "no parameter 'die_flip_p'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("protocol", ["linear", "transfer"])
 def test_cli_supervised_and_transfer_need_test_data(labelled_npz, tmp_path, capsys, protocol):
     train, val = labelled_npz

@@ -531,6 +531,19 @@ def test_wafer_views_apply_die_flip_noise():
         assert 0.15 < (out != codes)[codes > 0].float().mean() < 0.25
 
 
+def test_with_params_rebuilds_the_recipe_with_replaced_parameters():
+    codes = wafer_batch(b=4, size=32)
+    noisy = make_views("simclr", image_size=32, in_channels=1, style="wafer", die_flip_p=0.2)
+    clean = noisy.with_params(die_flip_p=0.0)
+    assert clean.params == {**noisy.params, "die_flip_p": 0.0} and noisy.params["die_flip_p"] == 0.2
+    assert (clean.name, clean.style, clean.num_views) == (noisy.name, noisy.style, noisy.num_views)
+    # no noise left: every view is a rotation/flip of the map, so the fail count is kept
+    view = clean.single_view(codes, generator=gen()) * 2
+    assert torch.equal((view == 2).sum((1, 2, 3)), (codes == 2).sum((1, 2, 3)))
+    with pytest.raises(ValueError, match="no parameter 'die_flip'"):
+        noisy.with_params(die_flip=0.0)
+
+
 def test_regrid_makes_coarser_die_grids_and_keeps_values():
     from selfsup.views.wafer import random_regrid
 

@@ -200,7 +200,7 @@ def _fit_and_test(
     test = splits["test"]
     num_classes = int(max(int(ds.labels.max()) for ds in splits.values()) + 1)
     if protocol == "finetune":
-        recipe = recipe_for(meta)
+        recipe = recipe_for(meta).with_params(**dict(args.views))
         result = finetune(
             backbone, splits["train"].images, splits["train"].labels,
             splits["val"].images, splits["val"].labels, augment=recipe.single_view,
@@ -209,7 +209,7 @@ def _fit_and_test(
         )  # fmt: skip
         metrics = result.evaluate(test.images, test.labels, preprocess, test.class_names)
         chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1,
-                  "head_init": args.head_init}  # fmt: skip
+                  "head_init": args.head_init, "views": recipe.params}  # fmt: skip
         return chosen, metrics
     feats = {k: extract_features(backbone, ds.images, preprocess) for k, ds in splits.items()}
     if protocol == "linear":
@@ -340,6 +340,16 @@ def _pretraining_data(run: Path) -> dict[str, Any]:
     return {"data": None, "note": f"no config.yaml beside '{run}': pretraining data unknown"}
 
 
+def _view_override(text: str) -> tuple[str, Any]:
+    """``--views KEY=VALUE`` -> (key, value parsed as YAML)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    return key.strip(), yaml.safe_load(raw) if raw else None
+
+
 def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> None:
     """Data and selection arguments of the supervised protocols (linear, mlp, finetune,
     transfer)."""
@@ -365,6 +375,11 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
         p.add_argument(
             "--head-init", default="zero", choices=["zero", "probe"],
             help="fine-tuning head start: zero, or probe (LP-FT: the linear probe, chosen on val)",
+        )  # fmt: skip
+        p.add_argument(
+            "--views", action="append", default=[], type=_view_override, metavar="KEY=VALUE",
+            help="fine-tuning view parameter replacing the pretraining recipe's (repeatable), "
+            "e.g. die_flip_p=0",
         )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
 

@@ -147,6 +147,15 @@ class ViewRecipe:
         with _no_autocast(images.device):
             return self._finish(self.views[0](self._input(images), generator))
 
+    def with_params(self, **overrides: Any) -> ViewRecipe:
+        """The same recipe rebuilt with some parameters replaced (names as ``recipe_defaults``),
+        e.g. ``recipe.with_params(die_flip_p=0.0)`` for a lighter fine-tuning view. Unknown
+        names raise ``ValueError`` naming the parameter."""
+        return make_views(
+            self.name, image_size=self.image_size, in_channels=self.in_channels,
+            style=self.style, **{**self.params, **overrides},
+        )  # fmt: skip
+
     def preprocess(self, images: Tensor) -> Tensor:
         """Deterministic evaluation input: to float, resize to ``image_size`` (bilinear with
         antialiasing for natural images, nearest for wafer maps), then the views' final
