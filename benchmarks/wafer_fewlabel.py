@@ -11,6 +11,8 @@ init on the same labels).
     python benchmarks/wafer_fewlabel.py --pretrain --epochs 9       # pretrain first (defaults)
     python benchmarks/wafer_fewlabel.py --pretrain --method byol --minutes 30 --epochs 100
     python benchmarks/wafer_fewlabel.py --run RUN --subsample 600   # quick smoke run
+    python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune --baselines supervised \
+        --finetune-views die_flip_p=0                                   # the best rows so far
 
 Writes a JSON with every number (including per-class F1) next to the printed tables.
 """
@@ -87,7 +89,7 @@ def probe_rows(name, feats, data, num_classes, class_names, args) -> dict[str, A
             )  # fmt: skip
             result = fit(
                 feats[split], data[split].labels, feats["val"], data["val"].labels,
-                num_classes=num_classes, **settings,
+                num_classes=num_classes, seed=args.seed, **settings,
             )  # fmt: skip
             test = result.evaluate(feats["test"], data["test"].labels, class_names=class_names)
             rows.setdefault(f"{name} + {protocol} probe", {})[split] = {
@@ -113,7 +115,7 @@ def finetune_rows(
             augment=views.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
-            head_init=head_init,
+            head_init=head_init, seed=args.seed,
         )  # fmt: skip
         test = result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
@@ -122,6 +124,7 @@ def finetune_rows(
             **scores(test),
             "chosen": {
                 "head_init": head_init,
+                "seed": args.seed,
                 "views": args.finetune_views,
                 "step": result.step,
                 "epoch": result.epoch,
@@ -157,11 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--baselines", nargs="+", default=["random", "raw", "supervised"])
     parser.add_argument("--linear-epochs", type=int, default=300, help="L-BFGS iterations")
     parser.add_argument("--mlp-epochs", type=int, default=40)
-    parser.add_argument("--finetune-epochs", type=int, default=15)
+    parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument(
         "--finetune-min-steps",
         type=int,
-        default=300,
+        default=600,
         help="at least this many fine-tuning steps (1 %% = 623 labels)",
     )
     parser.add_argument("--finetune-batch", type=int, default=128)
@@ -185,6 +188,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--finetune-val", type=int, default=4000, help="val maps for selection")
     parser.add_argument("--subsample", type=int, default=None, help="cap every split (smoke)")
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="fine-tuning seed (head, batches, views) and random-init backbone seed",
+    )  # fmt: skip
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", default=None, help="where to write all numbers")
     args = parser.parse_args(argv)
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     class_names = data["test"].class_names
     num_classes = len(class_names)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)  # the random-init / supervised backbone
     random_method = selfsup.build(**{"name": method.method_name, **method.hyperparameters()})
 
     def features(backbone) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         "--run", str(run), "--subsample", "800", "--protocols", "linear", "finetune",
         "--baselines", "random", "supervised", "--linear-epochs", "15", "--finetune-epochs", "1",
         "--finetune-min-steps", "6", "--finetune-val", "300", "--precision", "32-true",
-        "--finetune-views", "die_flip_p=0",
+        "--finetune-views", "die_flip_p=0", "--seed", "1",
         "--json", str(out),
     ])  # fmt: skip
     expected = {
@@ -37,7 +37,8 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
             assert len(cell["per_class_f1"]) == 9
     assert json.loads(out.read_text())["rows"].keys() == expected
     for name in ("pretrained + fine-tune", "supervised from scratch"):
-        assert rows[name]["train_1"]["chosen"]["views"] == {"die_flip_p": 0}
+        chosen = rows[name]["train_1"]["chosen"]
+        assert chosen["views"] == {"die_flip_p": 0} and chosen["seed"] == 1
 
     def mean_f1(name):
         return sum(c["macro_f1"] for c in rows[name].values()) / 3
