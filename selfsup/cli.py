@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain a method (default: FastSiam on wafer maps)")
+    p = sub.add_parser("pretrain", help="pretrain a method (default: SimCLR on wafer maps)")
     p.add_argument("--config", help="YAML file with PretrainConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
     p.add_argument("--method")
