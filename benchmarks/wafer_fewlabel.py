@@ -198,10 +198,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.run and not args.pretrain:
         parser.error("give --run RUN_FOLDER or --pretrain")
     args.precision = resolve_precision(args.precision, "auto")
-    bad = [item for item in args.finetune_views if "=" not in item]
-    if bad:
-        parser.error(f"--finetune-views expects KEY=VALUE, got '{bad[0]}'")
-    args.finetune_views = apply_overrides({}, args.finetune_views)
+    try:
+        args.finetune_views = apply_overrides({}, args.finetune_views, "--finetune-views")
+    except ValueError as err:
+        parser.error(str(err))
     start = time.perf_counter()
     method, ckpt = trained_method(args)
     method.eval()

@@ -97,12 +97,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings (values parsed as YAML; dotted keys go into nested dicts)."""
+def apply_overrides(
+    values: dict[str, Any], overrides: list[str], option: str = "--set"
+) -> dict[str, Any]:
+    """Apply ``key=value`` strings (values parsed as YAML; dotted keys go into nested dicts).
+    ``option`` names the command-line option in the error for a string without ``=``."""
     values = dict(values)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got '{item}'")
+            raise ValueError(f"{option} expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else None
         parts = key.strip().split(".")

@@ -172,6 +172,8 @@ def test_cli_finetune_views_replace_recipe_parameters(labelled_npz, tmp_path, ca
     assert views["jitter_p"] == 0.8  # the rest is the pretraining recipe's
     assert main([*argv, "--views", "die_flip_p=0"]) == 2  # a wafer parameter on photos
     assert "no parameter 'die_flip_p'" in capsys.readouterr().err
+    assert main([*argv, "--views", "hflip_p"]) == 2
+    assert "--views expects key=value, got 'hflip_p'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("protocol", ["linear", "transfer"])

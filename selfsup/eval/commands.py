@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.cli import load_trained, recipe_for
+from selfsup.config import apply_overrides
 from selfsup.data.dataset import WAFER_SPECS
 
 # The split each role reads from data that has named splits; None: carved from train.
@@ -200,7 +201,7 @@ def _fit_and_test(
     test = splits["test"]
     num_classes = int(max(int(ds.labels.max()) for ds in splits.values()) + 1)
     if protocol == "finetune":
-        recipe = recipe_for(meta).with_params(**dict(args.views))
+        recipe = recipe_for(meta).with_params(**apply_overrides({}, args.views, "--views"))
         result = finetune(
             backbone, splits["train"].images, splits["train"].labels,
             splits["val"].images, splits["val"].labels, augment=recipe.single_view,
@@ -340,16 +341,6 @@ def _pretraining_data(run: Path) -> dict[str, Any]:
     return {"data": None, "note": f"no config.yaml beside '{run}': pretraining data unknown"}
 
 
-def _view_override(text: str) -> tuple[str, Any]:
-    """``--views KEY=VALUE`` -> (key, value parsed as YAML)."""
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
-    return key.strip(), yaml.safe_load(raw) if raw else None
-
-
 def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> None:
     """Data and selection arguments of the supervised protocols (linear, mlp, finetune,
     transfer)."""
@@ -377,7 +368,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
             help="fine-tuning head start: zero, or probe (LP-FT: the linear probe, chosen on val)",
         )  # fmt: skip
         p.add_argument(
-            "--views", action="append", default=[], type=_view_override, metavar="KEY=VALUE",
+            "--views", action="append", default=[], metavar="KEY=VALUE",
             help="fine-tuning view parameter replacing the pretraining recipe's (repeatable), "
             "e.g. die_flip_p=0",
         )  # fmt: skip
