@@ -10,7 +10,8 @@ generated images (random 32x32 RGB uint8) with the same backbone module:
 - ``selfsup``: ``selfsup.build("simclr")`` trained by the same ``PretrainModule`` + Lightning
   ``Trainer`` as ``selfsup pretrain``, with its defaults: uint8 batches gathered by index,
   batched per-sample views on the device, precision "auto" (bf16-mixed where the hardware
-  computes bf16), channels_last for conv nets, one backbone pass for both views.
+  computes bf16), channels_last for conv nets, one backbone pass for both views, and on CPU
+  glibc's large blocks kept for reuse between steps (``selfsup.train.allocator``).
 - ``lightly fp32``: lightly's documented SimCLR example: ``SimCLRTransform`` per PIL image in
   ``DataLoader`` workers, ``SimCLRProjectionHead``, ``NTXentLoss``, SGD, fp32, one backbone
   pass per view. Augmentation as selfsup's CIFAR recipe: ``cj_strength=0.5`` (jitter 0.4,
@@ -182,6 +183,7 @@ def run_selfsup(case: Case, warmup: int, steps: int, device: str) -> dict[str, A
     import selfsup
     from selfsup.data import ImageDataset, make_dataloader
     from selfsup.data.loader import pin_memory_for
+    from selfsup.train.allocator import heap_allocations
     from selfsup.train.module import PretrainModule
     from selfsup.train.precision import resolve_channels_last, resolve_precision
 
@@ -219,12 +221,14 @@ def run_selfsup(case: Case, warmup: int, steps: int, device: str) -> dict[str, A
     )
     loader = make_dataloader(dataset, BATCH, seed=SEED, pin_memory=pin_memory_for(device))
     _reset_cuda_peak(device)
-    trainer.fit(module, train_dataloaders=loader)
-    rate, step_s = _rate(clock.times, warmup, steps)
-    result = {"images_per_s": rate, "step_s": step_s, **_peak_memory(device, 0.0)}
-    bare = bare_backbone_step(
-        method, dataset.images[:BATCH], precision, channels_last, case.bare_repeats
-    )
+    # as `selfsup pretrain` does on CPU; the bare backbone is timed under the same allocator
+    with heap_allocations(device == "cpu") as heap:
+        trainer.fit(module, train_dataloaders=loader)
+        rate, step_s = _rate(clock.times, warmup, steps)
+        result = {"images_per_s": rate, "step_s": step_s, **_peak_memory(device, 0.0)}
+        bare = bare_backbone_step(
+            method, dataset.images[:BATCH], precision, channels_last, case.bare_repeats
+        )
     views_s = views_time(method, dataset.images[:BATCH], device)
     result.update(
         bare_s=bare,
@@ -232,6 +236,7 @@ def run_selfsup(case: Case, warmup: int, steps: int, device: str) -> dict[str, A
         step_over_bare=step_s / bare,
         precision=precision,
         channels_last=channels_last,
+        heap_allocations=heap,
     )
     return result
 
@@ -497,7 +502,8 @@ def table_rows(case_name: str, results: dict[str, list[dict[str, Any]]]) -> list
 def _recipe_label(recipe: str, result: dict[str, Any]) -> str:
     if recipe == "selfsup":
         memory_format = ", channels_last" if result.get("channels_last") else ""
-        return f"selfsup default ({result['precision']}{memory_format})"
+        heap = ", heap allocations" if result.get("heap_allocations") else ""
+        return f"selfsup default ({result['precision']}{memory_format}{heap})"
     return {
         "lightly-fp32": "lightly recipe, fp32",
         "lightly-bf16": "lightly recipe + bf16 autocast",

@@ -46,6 +46,9 @@ class PretrainConfig:
     warmup_epochs: float = 0.5
     precision: str = "auto"  # auto | bf16-mixed | 16-mixed | 32-true
     channels_last: bool | None = None  # None: on when it helps (conv backbone, mixed precision)
+    # CPU training with glibc: keep freed tensor memory for the next step instead of page-faulting
+    # it in again (selfsup/train/allocator.py); ignored on GPUs
+    cpu_heap_allocations: bool = True
     devices: str | int = "auto"
     num_nodes: int = 1
     accelerator: str = "auto"

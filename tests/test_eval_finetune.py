@@ -114,3 +114,26 @@ def test_probe_head_init_starts_from_the_linear_probe():
     assert zero.model.head.weight.abs().sum() == 0 and zero.val_macro_f1 < 0.5
     with pytest.raises(ValueError, match="head_init"):
         finetune(backbone, train_x, train_y, val_x, val_y, head_init="random", **common)
+
+
+def test_cpu_fine_tuning_steps_run_with_heap_allocations(monkeypatch):
+    from selfsup.eval import finetune as finetune_module
+    from selfsup.train.allocator import heap_allocations
+
+    entered, augmented_inside = [], []
+
+    def spy(enabled):
+        entered.append(enabled)
+        return heap_allocations(enabled)
+
+    def augment(x):
+        augmented_inside.append(bool(entered))
+        return x.float() / 255
+
+    monkeypatch.setattr(finetune_module, "heap_allocations", spy)
+    train_x, train_y = blobs(32, 0)
+    finetune(
+        build_backbone("convnet_tiny", 1, width=4), train_x, train_y, train_x, train_y,
+        augment=augment, preprocess=lambda x: x.float() / 255, num_classes=2, epochs=1,
+    )  # fmt: skip
+    assert entered == [True] and augmented_inside and all(augmented_inside)

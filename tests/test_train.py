@@ -70,6 +70,35 @@ def test_pretrain_writes_self_describing_run_folder(labelled_npz, tmp_path):
     assert not list(run.rglob("*.tmp*")), "temporary files left behind"
 
 
+@pytest.mark.parametrize("setting", [True, False])
+def test_training_runs_inside_the_cpu_heap_allocator_setting(
+    labelled_npz, tmp_path, monkeypatch, setting
+):
+    from selfsup.train import pretrain as pretrain_module
+    from selfsup.train.allocator import glibc, heap_allocations
+
+    entered = []
+
+    def spy(enabled):
+        entered.append(enabled)
+        return heap_allocations(enabled)
+
+    def fit_inside(self, *args, **kwargs):
+        assert entered, "trainer.fit ran outside heap_allocations"
+        return real_fit(self, *args, **kwargs)
+
+    real_fit = L.Trainer.fit
+    monkeypatch.setattr(pretrain_module, "heap_allocations", spy)
+    monkeypatch.setattr(L.Trainer, "fit", fit_inside)
+    train, val = labelled_npz
+    _, run = selfsup.pretrain(
+        tiny_config(train, val, tmp_path, epochs=1, cpu_heap_allocations=setting)
+    )
+    expected = setting and glibc() is not None
+    assert entered == [expected]
+    assert json.loads((run / "provenance.json").read_text())["cpu_heap_allocations"] is expected
+
+
 def test_batch_larger_than_data_is_named(labelled_npz, tmp_path):
     train, val = labelled_npz
     with pytest.raises(ValueError, match="batch"):

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 import selfsup
 from selfsup.config import PretrainConfig, load_yaml, resolve_config
 from selfsup.data.dataset import spec_kind
+from selfsup.train.allocator import glibc, heap_allocations
 from selfsup.train.callbacks import (
     CollapseMonitor,
     KNNMonitor,
@@ -299,6 +300,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         build_config=build_config,
     )
 
+    heap = cfg.cpu_heap_allocations and not on_gpu(cfg.accelerator) and glibc() is not None
     summary = read_summary(run_dir) if resume_ckpt else {}
     if trainer.is_global_zero and not resume_ckpt:
         write_config(
@@ -308,6 +310,7 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
                 "seed": cfg.seed,
                 "precision": precision,
                 "channels_last": channels_last,
+                "cpu_heap_allocations": heap,
                 "world_size": world,
                 "lr_scaled": lr,
                 "steps_per_epoch": steps_per_epoch,
@@ -330,9 +333,10 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     start = time.perf_counter()
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
-        trainer.fit(
-            module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None
-        )
+        with heap_allocations(heap):
+            trainer.fit(
+                module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None
+            )
     finally:
         os.environ.pop(RUN_DIR_ENV, None)  # only DDP workers started by this fit may read it
     elapsed = time.perf_counter() - start
