@@ -15,8 +15,8 @@ class PretrainConfig:
     """Everything a pretraining run depends on. Saved as ``config.yaml`` in the run folder.
 
     The defaults are the README's main job: SimCLR on the built-in WM-811K wafer maps at 32 px
-    with a small conv net, sized to finish in about 20 minutes on a 2-core fp32 CPU (less with
-    native bf16 or a GPU). (SimCLR, not
+    with a small conv net, sized to finish in about 20 minutes on a 2-core fp32 CPU (6 minutes
+    measured with native bf16; less on a GPU). (SimCLR, not
     FastSiam, since 2026-12-02: on these maps two SimCLR runs reached val kNN k=5 0.78 where
     FastSiam runs reached 0.66-0.71, with half the views per step; docs/benchmarks.md.)
     """
