@@ -2,7 +2,10 @@
 
 For each method, selfsup's own trainer pretrains the backbone on the 60,000 training images
 (labels unused) for ``--minutes`` of wall-clock time: the trainer's time budget runs the
-warm-up + cosine schedule on the clock, so it ends when the budget is spent. Then,
+warm-up + cosine schedule on the clock, so it ends when the budget is spent. The defaults are
+the recipe that reached the goal (linear probe >= 0.90 in 30 minutes, docs/benchmarks.md):
+``convnet_tiny`` at width 64 (512-d features), crops of 20-100 % of the 28 px image, SGD at
+lr 0.12 for batch 256 (lightly's CIFAR rate); ``--set`` overrides any of it. Then,
 on frozen features of the backbone (eval mode):
 
 - kNN, k=200, t=0.1, cosine on L2-normalised features, weighted vote exp(sim/t); the whole
@@ -14,6 +17,7 @@ on frozen features of the backbone (eval mode):
 Rows: every method, the same backbone at random init, raw pixels (kNN and linear probe).
 
     python benchmarks/fashion_mnist.py                      # simclr byol fastsiam, 30 min each
+    python benchmarks/fashion_mnist.py --methods simclr --set seed=1   # another pretraining seed
     python benchmarks/fashion_mnist.py --minutes 0.5 --subsample 3000 --methods simclr  # smoke
 
 Needs the Debian package ``dataset-fashion-mnist`` (files in /usr/share/datasets/fashion-mnist)
@@ -57,6 +61,8 @@ KNN_K = (200, 5)
 KNN_TEMPERATURE = 0.1
 SEED = 0
 MAX_EPOCHS = 1000  # an upper bound only: the time budget ends pretraining
+# the goal recipe's settings beyond the command-line defaults; `--set` overrides them
+RECIPE_OVERRIDES = ("lr=0.12", "method_kwargs.views.crop_scale=[0.2,1.0]")
 # L-BFGS iterations (stopping on a val plateau); the decays reach 1e-2 because a smoke run on
 # 2,700 images chose the default grid's largest, 1e-3, for every row
 PROBE_SETTINGS = {"epochs": 200, "patience": 20, "weight_decays": (0.0, 1e-5, 1e-4, 1e-3, 1e-2)}
@@ -114,9 +120,8 @@ def base_config(args: argparse.Namespace, method: str, data_spec: str) -> Pretra
         progress_bar=False,
         log_every_n_steps=20,
     )
-    if not args.set:
-        return cfg
-    return PretrainConfig.from_dict(apply_overrides(cfg.to_dict(), args.set), source="--set")
+    overrides = [*RECIPE_OVERRIDES, *args.set]  # the user's come last, so they win
+    return PretrainConfig.from_dict(apply_overrides(cfg.to_dict(), overrides), source="--set")
 
 
 def pretrain_within_budget(
@@ -224,8 +229,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=30.0, help="pretraining per method")
     parser.add_argument("--methods", nargs="+", default=["simclr", "byol", "fastsiam"])
     parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--backbone", default="convnet_small")
-    parser.add_argument("--width", type=int, default=32, help="backbone width")
+    parser.add_argument("--backbone", default="convnet_tiny")
+    parser.add_argument("--width", type=int, default=64, help="backbone width")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default="runs/fashion_mnist", help="run folders and the JSON")
@@ -235,8 +240,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="pretraining config override, as `selfsup pretrain --set` "
-        "(e.g. method_kwargs.views.crop_scale=[0.3,1])",
+        help="pretraining config override, as `selfsup pretrain --set`, applied after the "
+        f"recipe's {', '.join(RECIPE_OVERRIDES)} (e.g. method_kwargs.views.crop_scale=[0.3,1])",
     )
     return parser.parse_args(argv)
 

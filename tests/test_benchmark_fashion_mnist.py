@@ -42,3 +42,13 @@ def test_benchmark_pretrains_each_method_and_scores_every_row(tmp_path, capsys):
 def test_benchmark_without_the_data_says_how_to_install_it(tmp_path, capsys):
     assert load_benchmark("fashion_mnist").main(["--data", str(tmp_path / "missing")]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_benchmark_defaults_are_the_goal_recipe_and_set_overrides_them():
+    script = load_benchmark("fashion_mnist")
+    cfg = script.base_config(script.parse_args([]), "simclr", "data")
+    assert (cfg.backbone, cfg.backbone_kwargs, cfg.lr) == ("convnet_tiny", {"width": 64}, 0.12)
+    assert cfg.method_kwargs["views"]["crop_scale"] == [0.2, 1.0]
+    args = script.parse_args(["--set", "lr=0.3", "--set", "method_kwargs.views.crop_scale=[0.5,1]"])
+    cfg = script.base_config(args, "byol", "data")
+    assert cfg.lr == 0.3 and cfg.method_kwargs["views"]["crop_scale"] == [0.5, 1]
