@@ -36,11 +36,25 @@ from selfsup.config import apply_overrides  # noqa: E402
 from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
 from selfsup.eval.finetune import finetune  # noqa: E402
+from selfsup.eval.progress import Progress  # noqa: E402
 from selfsup.export import load_method_from_checkpoint  # noqa: E402
 from selfsup.train.precision import resolve_precision  # noqa: E402
 
 LABEL_SPLITS = ("train_1", "train_10", "train_20")
 SPLIT_LABEL = {"train_1": "1 %", "train_10": "10 %", "train_20": "20 %"}
+
+
+class Cells:
+    """Which table cell the benchmark is on, as a progress line:
+    ``[3/18] finetune train_20 (pretrained + fine-tune, simclr)``."""
+
+    # a plain class: dataclasses need the module in sys.modules, and tests load this script bare
+    def __init__(self, total: int, progress: Progress, method: str) -> None:
+        self.total, self.progress, self.method, self.done = total, progress, method, 0
+
+    def start(self, protocol: str, split: str, row: str) -> None:
+        self.done += 1
+        self.progress.note(f"[{self.done}/{self.total}] {protocol} {split} ({row}, {self.method})")
 
 
 def subsample(ds: Any, n: int | None, seed: int) -> Any:
@@ -75,11 +89,12 @@ def scores(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def probe_rows(name, feats, data, num_classes, class_names, args) -> dict[str, Any]:
+def probe_rows(name, feats, data, num_classes, class_names, args, cells) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for protocol in [p for p in args.protocols if p in ("linear", "mlp")]:
         fit = linear_probe if protocol == "linear" else mlp_probe
         for split in LABEL_SPLITS:
+            cells.start(f"{protocol} probe", split, name)
             start = time.perf_counter()
             # Full-batch L-BFGS needs ~100-300 iterations on these features; the MLP probe
             # trains with Adam on mini-batches (full-batch L-BFGS was slower and no better).
@@ -89,7 +104,7 @@ def probe_rows(name, feats, data, num_classes, class_names, args) -> dict[str, A
             )  # fmt: skip
             result = fit(
                 feats[split], data[split].labels, feats["val"], data["val"].labels,
-                num_classes=num_classes, seed=args.seed, **settings,
+                num_classes=num_classes, seed=args.seed, progress=cells.progress, **settings,
             )  # fmt: skip
             test = result.evaluate(feats["test"], data["test"].labels, class_names=class_names)
             rows.setdefault(f"{name} + {protocol} probe", {})[split] = {
@@ -103,19 +118,20 @@ def probe_rows(name, feats, data, num_classes, class_names, args) -> dict[str, A
 
 
 def finetune_rows(
-    name, backbone, recipe, data, num_classes, class_names, args, head_init="zero"
+    name, backbone, recipe, data, num_classes, class_names, args, cells, head_init="zero"
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     val_sel = subsample(data["val"], args.finetune_val, seed=1)
     views = recipe.with_params(**args.finetune_views)  # the pretraining views unless replaced
     for split in LABEL_SPLITS:
+        cells.start("finetune", split, name)
         start = time.perf_counter()
         result = finetune(
             backbone, data[split].images, data[split].labels, val_sel.images, val_sel.labels,
             augment=views.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
-            head_init=head_init, seed=args.seed,
+            head_init=head_init, seed=args.seed, progress=cells.progress,
         )  # fmt: skip
         test = result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
@@ -145,8 +161,7 @@ def table(rows: dict[str, Any], key: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; returns {row name: {split: scores}} (also printed and saved)."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", help="run folder of a finished wafer pretraining")
     parser.add_argument("--pretrain", action="store_true", help="pretrain first")
@@ -194,14 +209,73 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", default=None, help="where to write all numbers")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--progress-seconds", type=float, default=10.0,
+        help="at most one progress line per job every this many seconds (0: every update)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not args.run and not args.pretrain:
         parser.error("give --run RUN_FOLDER or --pretrain")
+    if not args.progress_seconds >= 0:
+        parser.error(f"--progress-seconds must be >= 0, got {args.progress_seconds}")
     args.precision = resolve_precision(args.precision, "auto")
     try:
         args.finetune_views = apply_overrides({}, args.finetune_views, "--finetune-views")
     except ValueError as err:
         parser.error(str(err))
+    return args
+
+
+def count_cells(args: argparse.Namespace) -> int:
+    """Table cells the run will fill: rows x protocols x label splits."""
+    probes = [p for p in args.protocols if p in ("linear", "mlp")]
+    pretrained = 0 if args.baselines_only else 1
+    probe_rows_ = pretrained + sum(b in args.baselines for b in ("random", "raw"))
+    finetune_rows_ = pretrained + ("supervised" in args.baselines)
+    cells = len(probes) * probe_rows_ + ("finetune" in args.protocols) * finetune_rows_
+    return cells * len(LABEL_SPLITS)
+
+
+def all_rows(
+    method: Any, data: dict[str, Any], args: argparse.Namespace, cells: Cells
+) -> dict[str, Any]:
+    """{row name: {split: scores}}: the pretrained backbone and the baselines, every protocol."""
+    recipe = method.views
+    class_names = data["test"].class_names
+    torch.manual_seed(args.seed)  # the random-init / supervised backbone
+    random_method = selfsup.build(**{"name": method.method_name, **method.hyperparameters()})
+
+    def features(backbone, row: str) -> dict[str, torch.Tensor]:
+        cells.progress.note(f"features of every split ({row})")
+        extract = dict(precision=args.precision, progress=cells.progress)
+        return {s: extract_features(backbone, ds.images, recipe.preprocess, **extract)
+                for s, ds in data.items()}  # fmt: skip
+
+    probes = [p for p in args.protocols if p in ("linear", "mlp")]
+    shared = (len(class_names), class_names, args, cells)
+    rows: dict[str, Any] = {}
+    if probes and not args.baselines_only:
+        rows |= probe_rows("pretrained", features(method.backbone, "pretrained"), data, *shared)
+    if probes and "random" in args.baselines:
+        feats = features(random_method.backbone, "random init")
+        rows |= probe_rows("random init", feats, data, *shared)
+    if probes and "raw" in args.baselines:
+        raw = {s: recipe.preprocess(ds.images).flatten(1) for s, ds in data.items()}
+        rows |= probe_rows("raw pixels", raw, data, *shared)
+    if "finetune" in args.protocols and not args.baselines_only:
+        name = "pretrained + fine-tune" + (" (LP-FT)" if args.finetune_head == "probe" else "")
+        rows |= finetune_rows(name, method.backbone, recipe, data, *shared,
+                              head_init=args.finetune_head)  # fmt: skip
+    if "finetune" in args.protocols and "supervised" in args.baselines:
+        rows |= finetune_rows("supervised from scratch", random_method.backbone, recipe, data,
+                              *shared)  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns {row name: {split: scores}} (also printed and saved)."""
+    args = parse_args(argv)
     start = time.perf_counter()
     method, ckpt = trained_method(args)
     method.eval()
@@ -211,37 +285,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         s: subsample(load_wafer_subset(s, image_size=size), args.subsample, seed=i)
         for i, s in enumerate((*LABEL_SPLITS, "val", "test"))
     }
-    class_names = data["test"].class_names
-    num_classes = len(class_names)
-    torch.manual_seed(args.seed)  # the random-init / supervised backbone
-    random_method = selfsup.build(**{"name": method.method_name, **method.hyperparameters()})
-
-    def features(backbone) -> dict[str, torch.Tensor]:
-        return {
-            s: extract_features(backbone, ds.images, recipe.preprocess, precision=args.precision)
-            for s, ds in data.items()
-        }
-
-    probes = [p for p in args.protocols if p in ("linear", "mlp")]
-    probe_args = (num_classes, class_names, args)
-    rows: dict[str, Any] = {}
     print(f"pretrained backbone from {ckpt}", flush=True)
-    if probes and not args.baselines_only:
-        rows |= probe_rows("pretrained", features(method.backbone), data, *probe_args)
-    if probes:
-        if "random" in args.baselines:
-            rows |= probe_rows("random init", features(random_method.backbone), data, *probe_args)
-        if "raw" in args.baselines:
-            raw = {s: recipe.preprocess(ds.images).flatten(1) for s, ds in data.items()}
-            rows |= probe_rows("raw pixels", raw, data, *probe_args)
-    if "finetune" in args.protocols and not args.baselines_only:
-        name = "pretrained + fine-tune" + (" (LP-FT)" if args.finetune_head == "probe" else "")
-        rows |= finetune_rows(name, method.backbone, recipe, data, num_classes, class_names,
-                              args, head_init=args.finetune_head)  # fmt: skip
-    if "finetune" in args.protocols:
-        if "supervised" in args.baselines:
-            rows |= finetune_rows("supervised from scratch", random_method.backbone, recipe,
-                                  data, num_classes, class_names, args)  # fmt: skip
+    progress = Progress(enabled=not args.quiet, every=args.progress_seconds)
+    cells = Cells(count_cells(args), progress, method.method_name)
+    rows = all_rows(method, data, args, cells)
     wall = time.perf_counter() - start
     summary_path = ckpt.parent.parent / "summary.json"  # absent while the run still trains
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

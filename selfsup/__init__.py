@@ -6,7 +6,6 @@ and a Lightning trainer (``selfsup.pretrain``) with a ``selfsup`` command line.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 __version__ = "0.1.0"
@@ -29,19 +28,14 @@ def build(name: str, **kwargs: Any):
 
 
 def list_methods() -> dict[str, dict[str, Any]]:
-    """Every registered method with its hyper-parameters' defaults."""
+    """Every registered method with its hyper-parameters' defaults (the base arguments too)."""
     from selfsup.methods import METHODS
-    from selfsup.methods.base import Method
+    from selfsup.registry import keyword_parameters
 
     out: dict[str, dict[str, Any]] = {}
     for name in METHODS.names():
-        cls = METHODS.get(name)
-        defaults: dict[str, Any] = {}
-        for klass in (cls, Method):
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.default is not inspect.Parameter.empty and p.name not in defaults:
-                    defaults[p.name] = p.default
-        out[name] = defaults
+        parameters, _ = keyword_parameters(METHODS.get(name))
+        out[name] = {k: p.default for k, p in parameters.items() if p.default is not p.empty}
     return out
 
 

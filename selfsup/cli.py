@@ -12,65 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from selfsup.artifacts import load_trained, preprocess_for, recipe_for  # noqa: F401 (public)
+
 EXIT_USER_ERROR = 2
-
-
-# --- loading what a path points at ---------------------------------------------------------
-
-
-def load_trained(path: str | Path, checkpoint: str = "auto") -> tuple[Any, Any, dict[str, Any]]:
-    """(backbone, preprocess, metadata) from a run folder, an export folder or a .ckpt file.
-
-    A run folder gives its exported backbone; a killed run (no export yet) its last checkpoint.
-    ``checkpoint`` = best | last picks a checkpoint explicitly.
-    """
-    from selfsup.export import META, backbone_metadata, load_backbone, load_method_from_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"'{path}' does not exist (expected a run folder or export)")
-    ckpt: Path | None = None
-    if path.is_file() and path.suffix == ".ckpt":
-        ckpt = path
-    elif checkpoint in ("best", "last"):
-        ckpt = path / "checkpoints" / f"{checkpoint}.ckpt"
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"run folder '{path}' has no checkpoints/{checkpoint}.ckpt")
-    elif (path / META).is_file():
-        backbone = load_backbone(path)
-        return backbone, preprocess_for(backbone.metadata), backbone.metadata
-    elif (path / "checkpoints" / "last.ckpt").is_file():
-        ckpt = path / "checkpoints" / "last.ckpt"
-    else:
-        raise FileNotFoundError(
-            f"'{path}' holds neither {META} nor checkpoints/last.ckpt: not a selfsup run or export"
-        )
-    method = load_method_from_checkpoint(ckpt)
-    return method.backbone.eval(), method.views.preprocess, backbone_metadata(method)
-
-
-def recipe_for(meta: dict[str, Any]) -> Any:
-    """The view recipe a trained backbone expects (size, channels, style, normalisation, wafer
-    encoding), from its metadata; its ``preprocess`` is the evaluation transform."""
-    from selfsup.views.recipes import make_views
-
-    style = meta.get("view_style", "natural")
-    overrides: dict[str, Any] = {}
-    if style == "natural" and meta.get("mean") and meta.get("std"):
-        overrides = {"mean": tuple(meta["mean"]), "std": tuple(meta["std"])}
-    if style == "wafer" and meta.get("wafer_encoding", "codes") != "codes":
-        overrides = {"encoding": meta["wafer_encoding"]}
-    return make_views(
-        "simclr",
-        image_size=meta["image_size"],
-        in_channels=meta["in_channels"],
-        style=style,
-        **overrides,
-    )
-
-
-def preprocess_for(meta: dict[str, Any]) -> Any:
-    return recipe_for(meta).preprocess
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -78,7 +22,7 @@ def preprocess_for(meta: dict[str, Any]) -> Any:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.config import resolve_config
-    from selfsup.train.pretrain import pretrain
+    from selfsup.train.pretrain import is_main_process, pretrain
     from selfsup.train.report import knn_comparison_table
     from selfsup.train.runfolder import read_summary
 
@@ -101,17 +45,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         "name": args.name,
         "resume": args.resume,
         "seed": args.seed,
+        "trust_checkpoint": args.trust_checkpoint or None,
     }
     cfg = resolve_config(args.config, args.set, **explicit)
     if args.no_progress:
         cfg.progress_bar = False
     _method, run_dir = pretrain(cfg)
+    if not is_main_process():  # DDP workers: process 0 speaks for the run
+        return 0
     summary = read_summary(run_dir)
     print(f"\nrun folder: {run_dir}")
     minutes = summary.get("train_seconds", 0.0) / 60
     print(
-        f"{summary.get('method')} on {cfg.data}: {summary.get('epochs_completed')} epochs, "
-        f"{summary.get('steps')} steps, {minutes:.1f} min"
+        f"{summary.get('method')} on {summary.get('data', cfg.data)}: "
+        f"{summary.get('epochs_completed')} epochs, {summary.get('steps')} steps, "
+        f"{minutes:.1f} min"
     )
     print(knn_comparison_table(summary))
     return 0
@@ -121,7 +69,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup.eval import extract_features
     from selfsup.eval.commands import load_eval_data
 
-    backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
+    backbone, preprocess, meta = load_trained(
+        args.run, args.checkpoint, trust_checkpoint=args.trust_checkpoint
+    )
     data = load_eval_data(args.data, meta, args.split)
     feats = extract_features(backbone, data.images, preprocess, batch_size=args.batch_size)
     out = Path(args.out)
@@ -147,7 +97,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = run if run.suffix == ".ckpt" else run / "checkpoints" / f"{args.checkpoint}.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"export: no checkpoint at '{ckpt}'")
-    method = load_method_from_checkpoint(ckpt)
+    method = load_method_from_checkpoint(ckpt, trust=args.trust_checkpoint)
     out = Path(args.out) if args.out else (run.parent if run.suffix == ".ckpt" else run) / "export"
     path = export_backbone(method, out)
     print(f"exported {method.backbone.name} ({method.feature_dim}-d features) to {path}")
@@ -194,6 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         max_points=args.max_points,
         max_bank=args.max_bank,
         seed=args.seed,
+        trust_checkpoint=args.trust_checkpoint,
     )
     print(f"wrote {path}")
     return 0
@@ -222,11 +173,21 @@ def cmd_data_coco_crops(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from selfsup.data import check_data, format_check
 
-    print(format_check(check_data(args.path, image_size=args.image_size)))
+    print(format_check(check_data(args.path, image_size=args.image_size, full=args.full)))
     return 0
 
 
 # --- parser ---------------------------------------------------------------------------------------
+
+
+TRUST_CHECKPOINT_HELP = (
+    "read checkpoints with full unpickling, which can run code from the file: only for "
+    "checkpoints you trust (selfsup's own never need it)"
+)
+
+
+def _add_trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
@@ -237,6 +198,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "best", "last"],
         help="auto: the exported backbone, else the last checkpoint",
     )
+    _add_trust_arg(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="parent folder of run folders (default runs/)")
     p.add_argument("--name", help="run folder name")
     p.add_argument("--resume", help="run folder or .ckpt to continue")
+    _add_trust_arg(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
@@ -292,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or .ckpt")
     p.add_argument("--checkpoint", default="last", choices=["best", "last"])
     p.add_argument("--out", help="output folder (default RUN/export)")
+    _add_trust_arg(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="regenerate RUN/report.md and RUN/plots/*.png")
@@ -302,11 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-points", type=int, default=3000)
     p.add_argument("--max-bank", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
+    _add_trust_arg(p)
     p.set_defaults(func=cmd_report)
 
     from selfsup.wafers import add_wafer_commands
 
-    add_wafer_commands(sub)  # selfsup wafers similar | synth
+    add_wafer_commands(sub, _add_load_args)  # selfsup wafers similar | synth
 
     p = sub.add_parser("methods", help="list methods and their default hyper-parameters")
     p.set_defaults(func=cmd_methods)
@@ -318,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = data_sub.add_parser("check", help="counts, sizes, unreadable files")
     c.add_argument("path", help=SPEC_HELP)
     c.add_argument("--image-size", type=int, default=None)
+    c.add_argument(
+        "--full",
+        action="store_true",
+        help="decode every image (finds truncated or corrupt files; slower than the header check)",
+    )
     c.set_defaults(func=cmd_data_check)
     cc = data_sub.add_parser("coco-crops", help="COCO detection boxes -> per-class crop folders")
     cc.add_argument("--annotations", required=True, help="a COCO json or a Roboflow export folder")

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from selfsup.backbones import Backbone, build_backbone
-from selfsup.train.checkpoint import atomic_write_text
+from selfsup.train.checkpoint import CheckpointError, atomic_write_text, load_checkpoint_file
 
 WEIGHTS = "backbone.safetensors"
 META = "backbone.json"
@@ -77,20 +76,37 @@ def load_backbone(path: str | Path) -> Backbone:
     return backbone.eval()
 
 
-def load_method_from_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") -> Any:
-    """Rebuild the trained Method from a Lightning checkpoint written by ``selfsup pretrain``."""
+def load_method_from_checkpoint(
+    ckpt_path: str | Path, map_location: str = "cpu", *, trust: bool = False
+) -> Any:
+    """Rebuild the trained Method from a Lightning checkpoint written by ``selfsup pretrain``.
+
+    The file is read without running code from it (``weights_only``); ``trust=True`` allows
+    full unpickling for a checkpoint from elsewhere that the user vouches for.
+    """
     import selfsup
 
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint '{ckpt_path}' does not exist")
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
-    build_config = dict(ckpt.get("hyper_parameters", {}).get("build_config") or {})
-    name = build_config.pop("method", None)
-    if name is None:
-        raise ValueError(f"checkpoint '{ckpt_path}' was not written by selfsup pretrain")
-    method = selfsup.build(name, **build_config)
+    ckpt = load_checkpoint_file(ckpt_path, trust=trust, map_location=map_location)
+    hparams = ckpt.get("hyper_parameters")
+    build_config = hparams.get("build_config") if isinstance(hparams, dict) else None
+    state = ckpt.get("state_dict")
+    if not isinstance(build_config, dict) or "method" not in build_config:
+        raise CheckpointError(
+            f"'{ckpt_path}' is not a selfsup checkpoint: it has no hyper_parameters.build_config "
+            "(written by selfsup pretrain)"
+        )
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{ckpt_path}' is not a selfsup checkpoint: it has no state_dict")
+    build_config = dict(build_config)
+    method = selfsup.build(build_config.pop("method"), **build_config)
     prefix = "method."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    method.load_state_dict(state)
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        method.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"'{ckpt_path}': its weights do not fit the method it names ({first})"
+        ) from err
     return method

@@ -23,7 +23,7 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         "--baselines", "random", "supervised", "--linear-epochs", "15", "--finetune-epochs", "1",
         "--finetune-min-steps", "6", "--finetune-val", "300", "--precision", "32-true",
         "--finetune-views", "die_flip_p=0", "--seed", "1",
-        "--json", str(out),
+        "--json", str(out), "--progress-seconds", "0",
     ])  # fmt: skip
     expected = {
         "pretrained + linear probe", "random init + linear probe",
@@ -44,6 +44,14 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         return sum(c["macro_f1"] for c in rows[name].values()) / 3
 
     assert mean_f1("pretrained + linear probe") > mean_f1("random init + linear probe")
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "| macro_f1 | 1 % | 10 % | 20 % |" in printed
     assert "| pretrained + linear probe |" in printed
+    # progress on stderr: which cell of how many, and each job's steps (rate limit 0 here)
+    cells = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert len(cells) == 12
+    assert cells[0] == "[1/12] linear probe train_1 (pretrained, simclr)"
+    assert cells[-1] == "[12/12] finetune train_20 (supervised from scratch, simclr)"
+    assert "fine-tune: 6/6 steps (100 %)" in captured.err
+    assert "linear probe search: " in captured.err and "features of 800 images: " in captured.err

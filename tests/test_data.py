@@ -8,7 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+import selfsup.data.check as check
+import selfsup.data.folder_cache as folder_cache
 import selfsup.data.folders as folders
+from selfsup.cli import main
 from selfsup.data import (
     BatchLoader,
     ImageDataset,
@@ -22,6 +25,7 @@ from selfsup.data import (
     make_dataloader,
     nearest_resize,
 )
+from selfsup.data.folders import decode_image
 from selfsup.data.wafers import packaged_path, read_wafer_file
 
 WAFER_CLASSES = [
@@ -233,6 +237,50 @@ def test_folder_decoding_in_worker_processes(tmp_path, monkeypatch):
     assert data.skipped == ["broken.png"]
 
 
+def grey_gradient(dtype) -> np.ndarray:
+    """64 x 64, each row 0 .. 65535 from left to right."""
+    return np.tile(np.linspace(0, 65535, 64).round().astype(dtype), (64, 1))
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("g.png", np.uint16), ("g.tif", np.int32)])
+def test_16bit_grey_is_scaled_not_clipped(tmp_path, name, dtype):
+    """PNG 16-bit opens as PIL "I;16", the int32 TIFF as "I"; 65535 must map to 255."""
+    Image.fromarray(grey_gradient(dtype)).save(tmp_path / name)
+    assert Image.open(tmp_path / name).mode in ("I;16", "I")
+    grey = decode_image(tmp_path / name, 64, "L")[0]
+    assert grey.min() == 0 and grey.max() == 255
+    assert abs(grey.mean() - 127.5) < 1  # clipped, it was 251
+    assert np.array_equal(grey[0], np.rint(grey_gradient(np.float64)[0] / 257))
+    rgb = decode_image(tmp_path / name, 64, "RGB")
+    assert np.array_equal(rgb[0], grey) and np.array_equal(rgb[2], grey)
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_exif_orientation_is_applied(tmp_path, ext):
+    """Stored 32 wide x 16 high, left half red, right half blue, EXIF Orientation 6: shown
+    turned 90 degrees clockwise (16 wide x 32 high), red on top. The centre crop then holds
+    red rows above blue rows; ignoring the tag gives red columns left of blue columns."""
+    stored = np.zeros((16, 32, 3), np.uint8)
+    stored[:, :16] = RED
+    stored[:, 16:] = BLUE
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(stored).save(tmp_path / f"phone.{ext}", exif=exif)
+    red = decode_image(tmp_path / f"phone.{ext}", 16, "RGB")[0].astype(int)
+    assert (red[:7] > 200).all() and (red[9:] < 50).all()  # JPEG blurs the rows at the edge
+    assert (np.abs(red[:, :1] - red) < 3).all()  # every row one colour: not sideways
+
+
+def test_caches_of_the_old_decoding_are_not_reused(tmp_path, monkeypatch):
+    """Decoding changed (EXIF, 16-bit): a cache written by the old code must miss."""
+    save_image(tmp_path / "imgs" / "a.png", RED)
+    monkeypatch.setattr(folder_cache, "_CACHE_VERSION", "selfsup-folder-v1")
+    load_image_folder(tmp_path / "imgs", 4, cache_dir=tmp_path / "cache")
+    monkeypatch.undo()
+    load_image_folder(tmp_path / "imgs", 4, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
 # --- arrays ---------------------------------------------------------------------------------------
 
 
@@ -438,3 +486,37 @@ def test_check_wafers_and_arrays(tmp_path):
     assert arrays["total"] == 4 and arrays["channels"] == {"3": 4}
     assert arrays["class_counts"] == {"0": 1, "1": 3}
     assert "unlabelled" not in format_check(arrays)
+
+
+def save_truncated_jpeg(path: Path) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header survives, half the pixels do not
+
+
+def test_full_check_finds_truncated_jpeg(tmp_path, monkeypatch, caplog):
+    save_image(tmp_path / "good.jpg", GREEN)
+    save_truncated_jpeg(tmp_path / "cut.jpg")
+    headers = check_data(str(tmp_path))
+    assert headers["check"] == "header check" and headers["unreadable"] == []
+    assert "header check (headers only; --full" in format_check(headers)
+    monkeypatch.setattr(check, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="selfsup.data"):
+        full = check_data(str(tmp_path), full=True)
+    assert full["check"] == "full decode" and full["total"] == 2
+    assert len(full["unreadable"]) == 1
+    assert full["unreadable"][0].startswith("cut.jpg (OSError: image file is truncated")
+    assert "full decode of" in caplog.text and "2 / 2 images" in caplog.text
+    text = format_check(full)
+    assert "full decode (every image decoded)" in text and "unreadable:   1" in text
+
+
+def test_data_check_cli_full(tmp_path, capsys):
+    save_image(tmp_path / "good.jpg", GREEN)
+    save_truncated_jpeg(tmp_path / "cut.jpg")
+    assert main(["data", "check", str(tmp_path)]) == 0
+    assert "unreadable:   0" in capsys.readouterr().out
+    assert main(["data", "check", "--full", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "full decode" in out and "unreadable:   1" in out and "cut.jpg (OSError" in out

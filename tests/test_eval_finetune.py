@@ -1,8 +1,14 @@
+import io
+import math
+
 import pytest
 import torch
 
 from selfsup.backbones import build_backbone
+from selfsup.cli import main
+from selfsup.eval.commands import label_fraction
 from selfsup.eval.finetune import class_weights, finetune, probe_head, stratified_fraction
+from selfsup.eval.progress import Progress, format_seconds
 
 
 def test_stratified_fraction_is_stratified_seeded_and_keeps_every_class():
@@ -12,8 +18,30 @@ def test_stratified_fraction_is_stratified_seeded_and_keeps_every_class():
     assert counts == [10, 5, 1]
     assert torch.equal(idx, stratified_fraction(labels, 0.1, seed=0))
     assert not torch.equal(idx, stratified_fraction(labels, 0.1, seed=1))
-    with pytest.raises(ValueError, match="label fraction"):
-        stratified_fraction(labels, 0.0)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5, math.nan])
+def test_stratified_fraction_refuses_fractions_outside_0_1(fraction):
+    labels = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=rf"label_fraction must be in \(0, 1\], got {fraction}"):
+        stratified_fraction(labels, fraction)
+    assert stratified_fraction(labels, 1.0).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("protocol", ["linear", "mlp", "finetune", "transfer"])
+@pytest.mark.parametrize("value", ["1.5", "0", "-0.2", "nan", "half"])
+def test_cli_refuses_label_fraction_outside_0_1(protocol, value, capsys):
+    argv = ["eval", protocol, "/nonexistent/run", "--label-fraction", value]
+    argv += ["--data", "wafers"] if protocol == "transfer" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--label-fraction" in error and f"got '{value}'" in error
+
+
+def test_label_fraction_accepts_0_to_1():
+    assert label_fraction("1") == 1.0 and label_fraction("0.01") == 0.01
 
 
 def blobs(n: int, seed: int):
@@ -137,3 +165,89 @@ def test_cpu_fine_tuning_steps_run_with_heap_allocations(monkeypatch):
         augment=augment, preprocess=lambda x: x.float() / 255, num_classes=2, epochs=1,
     )  # fmt: skip
     assert entered == [True] and augmented_inside and all(augmented_inside)
+
+
+# --- progress lines ------------------------------------------------------------------------------
+
+
+def test_finetune_reports_steps_val_score_and_time_left(capsys):
+    train_x, train_y = blobs(8, 0)
+    val_x, val_y = blobs(16, 1)
+    finetune(
+        build_backbone("convnet_tiny", 1, width=4), train_x, train_y, val_x, val_y,
+        augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+        num_classes=2, epochs=1, min_steps=30, evaluations=3, batch_size=4,
+        progress=Progress(every=0),
+    )  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 31  # every step (rate limit 0), then the closing line
+    assert lines[0].startswith("fine-tune: 1/30 steps (3 %), ") and " elapsed, ~" in lines[0]
+    assert lines[0].endswith(" left")
+    assert lines[9].startswith("fine-tune: 10/30 steps (33 %), val macro-F1 ")
+    assert "at step 10 (best " in lines[9]
+    assert lines[-1].startswith("fine-tune: 30/30 steps (100 %), val macro-F1 ")
+    assert " done in " in lines[-1]
+
+
+def clocked(every, enabled=True):
+    """A Progress writing to a string, on a clock the test moves by hand."""
+    now, out = [0.0], io.StringIO()
+    return Progress(enabled=enabled, every=every, stream=out, clock=lambda: now[0]), now, out
+
+
+def test_progress_is_rate_limited_and_estimates_time_left():
+    progress, now, out = clocked(every=10)
+    task = progress.task("job", 100, "steps")
+    for step in range(1, 101):  # 0.5 s a step
+        now[0] = step * 0.5
+        task.update(step, status="best 0.5")
+    task.close()
+    assert out.getvalue().splitlines() == [
+        "job: 20/100 steps (20 %), best 0.5, 0:10 elapsed, ~0:40 left",
+        "job: 40/100 steps (40 %), best 0.5, 0:20 elapsed, ~0:30 left",
+        "job: 60/100 steps (60 %), best 0.5, 0:30 elapsed, ~0:20 left",
+        "job: 80/100 steps (80 %), best 0.5, 0:40 elapsed, ~0:10 left",
+        "job: 100/100 steps (100 %), best 0.5, 0:50 elapsed, ~0:00 left",
+        "job: 100/100 steps (100 %), best 0.5, done in 0:50",
+    ]
+
+
+def test_short_jobs_and_quiet_progress_print_nothing():
+    progress, now, out = clocked(every=10)
+    task = progress.task("job", 5)
+    for step in range(1, 6):
+        now[0] = step
+        task.update(step)
+    task.close()
+    quiet, _, quiet_out = clocked(every=0, enabled=False)
+    quiet.task("job", 5).update(5)
+    quiet.note("[1/3] cell")
+    assert out.getvalue() == "" and quiet_out.getvalue() == ""
+    progress.note("[1/3] cell")
+    assert out.getvalue() == "[1/3] cell\n"
+
+
+def test_progress_updates_one_line_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    task = Progress(every=0, stream=terminal).task("job", 2)
+    task.update(1)
+    task.close()
+    assert terminal.getvalue().startswith("\r\x1b[Kjob: 1/2 (50 %), ")
+    assert "\n" not in terminal.getvalue().split("\r\x1b[K")[1]  # overwritten by the next
+    assert terminal.getvalue().endswith("\n")
+
+
+def test_progress_env_variable(monkeypatch):
+    for value, enabled, every in (("", True, 10.0), ("0", False, 0.0), ("off", False, 0.0),
+                                  ("2.5", True, 2.5)):  # fmt: skip
+        monkeypatch.setenv("SELFSUP_PROGRESS", value)
+        progress = Progress.from_env()
+        assert (progress.enabled, progress.every) == (enabled, every)
+    monkeypatch.setenv("SELFSUP_PROGRESS", "soon")
+    with pytest.raises(ValueError, match="SELFSUP_PROGRESS='soon'"):
+        Progress.from_env()
+    assert format_seconds(3725) == "1:02:05" and format_seconds(59.6) == "1:00"

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from selfsup.eval import classification_metrics, extract_features, knn_classify, knn_evaluate
+from selfsup.eval.progress import Progress
 
 # --- weighted kNN --------------------------------------------------------------------------------
 
@@ -190,3 +191,22 @@ def test_extract_features_rejects_bad_shapes(net_and_images):
         extract_features(net, images[0], preprocess)
     with pytest.raises(ValueError, match=r"must return features \[B, D\]"):
         extract_features(nn.Conv2d(3, 2, 1), images, preprocess)
+
+
+def test_knn_and_feature_extraction_report_batches(random_knn_data, net_and_images, capsys):
+    bank, labels, queries = random_knn_data
+    knn_classify(bank, labels, queries, k=5, batch_size=5, progress=Progress(every=0))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("kNN of 13 queries on 40: 1/3 query batches (33 %), ")
+    assert lines[-1].startswith("kNN of 13 queries on 40: 3/3 query batches (100 %), done in ")
+    net, images = net_and_images
+    extract_features(net, images, preprocess, batch_size=4, progress=Progress(every=0))
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "features of 11 images: 1/3 batches",
+        "features of 11 images: 2/3 batches",
+        "features of 11 images: 3/3 batches",
+        "features of 11 images: 3/3 batches",  # the closing line: done in ...
+    ]
+    extract_features(net, images, preprocess, progress=Progress(enabled=False, every=0))
+    assert capsys.readouterr().err == ""

@@ -2,8 +2,11 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
+import selfsup
+from selfsup.cli import main
 from selfsup.eval import ProbeResult, linear_probe, macro_f1, mlp_probe
 from selfsup.eval.probe import _balanced_weights, folded_linear
+from selfsup.eval.progress import Progress
 
 FAST = {"weight_decays": (0.0, 1e-3), "epochs": 30}
 
@@ -168,3 +171,47 @@ def test_folded_linear_equals_the_standardised_probe():
     torch.testing.assert_close(folded(x), result.classifier(x), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="linear probe"):
         folded_linear(torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.Linear(3, 3)))
+
+
+def test_probe_search_reports_setting_epochs_and_best_val_score(capsys):
+    (x, y), (xv, yv) = blobs(90, 0), blobs(60, 1)
+    res = linear_probe(x, y, xv, yv, num_classes=3, weight_decays=(0.0, 1e-3), epochs=3,
+                       progress=Progress(every=0))  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 7  # one line per epoch of each setting (rate limit 0), then the choice
+    assert lines[0].startswith(
+        "linear probe search: 1/6 epochs (17 %), setting 1/2 (weight_decay=0), best val macro-F1 "
+    )
+    assert lines[3].startswith("linear probe search: 4/6 epochs (67 %), setting 2/2 "
+                               "(weight_decay=0.001), best val macro-F1 ")  # fmt: skip
+    assert lines[-1].startswith(
+        f"linear probe search: 6/6 epochs (100 %), chose weight_decay={res.weight_decay:g} "
+        f"epoch {res.epoch}, val macro-F1 {res.val_macro_f1:.3f}, done in "
+    )
+    mlp_probe(x, y, xv, yv, num_classes=3, weight_decays=(0.0,), epochs=50, patience=2,
+              progress=Progress(every=0))  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("mlp probe search: 1/50 epochs (2 %), setting 1/1 ")
+    assert lines[-1].startswith("mlp probe search: 50/50 epochs (100 %), chose ")  # stopped early
+
+
+def test_eval_commands_print_where_they_wrote_the_json(labelled_npz, tmp_path, capsys):
+    train, val = labelled_npz
+    _, run = selfsup.pretrain(
+        method="simsiam", backbone="convnet_tiny", data=str(train), image_size=16, max_steps=2,
+        batch_size=16, precision="32-true", progress_bar=False, out=str(tmp_path), name="run",
+        backbone_kwargs={"width": 4}, method_kwargs={"proj_dim": 32, "pred_hidden_dim": 8},
+        val_data=str(val), knn_k=[3],
+    )  # fmt: skip
+    capsys.readouterr()
+    data = ["--data", str(train), "--test-data", str(val), "--label-fraction", "0.5"]
+    assert main(["eval", "linear", str(run), *data]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {run / 'eval_linear_data.json'}"
+    assert (run / "eval_linear_data.json").is_file()
+    knn = ["--data", str(train), "--query-data", str(val), "--k", "3"]
+    assert main(["eval", "knn", str(run), *knn]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {run / 'eval_knn_val.json'}"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert main(["eval", "knn", str(ckpt), *knn]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"no JSON written: '{ckpt}' is a file, not a run folder"

@@ -81,7 +81,8 @@ def worker(rank: int, init_file: str, out_dir: str, data: dict[str, torch.Tensor
         queue = KeyQueue(QUEUE_SIZE, DIM)
         queue.keys.zero_()
         queue.push(data["keys"][rank * local : (rank + 1) * local])
-        queue.push(data["keys"][rank * local : (rank + 1) * local] * 2)  # wraps around
+        # 16 keys in 20 slots: no wrap here; tests/test_moco_queue.py checks the wrap-around
+        queue.push(data["keys"][rank * local : (rank + 1) * local] * 2)
         result["queue_keys"], result["queue_ptr"] = queue.keys.clone(), queue.ptr.clone()
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import selfsup
-import selfsup.data.folders as folders
+import selfsup.data.folder_cache as folder_cache
 from selfsup.data import BatchLoader, ImageDataset, load_image_folder
 from selfsup.data.folders import decode_image
 from selfsup.data.loader import pin_memory_for
@@ -62,7 +62,7 @@ def test_large_cache_is_memory_mapped_small_one_read(tmp_path, monkeypatch):
     (npy,) = cache.glob("*.npy")
     small = load_image_folder(root, 8, cache_dir=cache)  # 2 KB < MMAP_MIN_BYTES: read
     assert str(npy) not in mapped_files()
-    monkeypatch.setattr(folders, "MMAP_MIN_BYTES", 100)
+    monkeypatch.setattr(folder_cache, "MMAP_MIN_BYTES", 100)
     large = load_image_folder(root, 8, cache_dir=cache)  # now "larger than the threshold"
     assert str(npy) in mapped_files()
     assert torch.equal(small.images, large.images)

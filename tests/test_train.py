@@ -298,3 +298,91 @@ def test_collapse_stops_training_and_the_export_is_the_best_val_epoch(labelled_n
     for key, value in ckpt["state_dict"].items():
         if key.startswith(prefix):
             assert torch.equal(exported[key[len(prefix) :]], value), key
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
+    labelled_npz, tmp_path, monkeypatch
+):
+    train, val = labelled_npz
+    with pytest.raises(ValueError, match="batch"):
+        selfsup.pretrain(tiny_config(train, val, tmp_path, batch_size=512))
+    assert not (tmp_path / "run").exists()  # refused before any folder was made
+
+    def failing_step(self, batch, batch_idx):
+        raise RuntimeError("broken step")
+
+    monkeypatch.setattr(PretrainModule, "training_step", failing_step)
+    with pytest.raises(RuntimeError, match="broken step"):
+        selfsup.pretrain(tiny_config(train, val, tmp_path))
+    assert list(tmp_path.iterdir()) == [train, val]  # the half-made folder is gone
+    monkeypatch.undo()
+    _, run = selfsup.pretrain(tiny_config(train, val, tmp_path, epochs=1))
+    assert run == tmp_path / "run"  # the corrected rerun takes the name, so --resume NAME works
+
+
+def test_more_cpu_processes_than_cores_are_warned_about(caplog):
+    import os
+
+    from selfsup.train.pretrain import _warn_if_oversubscribed
+
+    cores = os.cpu_count() or 1
+    for devices, warned in ((1, False), (cores + 2, True)):
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp", logger=False)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="selfsup"):
+            _warn_if_oversubscribed(trainer)
+        assert (f"on {cores} core(s)" in caplog.text) is warned
+
+
+def test_only_process_zero_prints_the_summary(tmp_path, monkeypatch, capsys):
+    from selfsup.cli import main
+
+    calls = []
+
+    def fake_pretrain(cfg):
+        calls.append(cfg)
+        return None, tmp_path
+
+    monkeypatch.setattr("selfsup.train.pretrain.pretrain", fake_pretrain)
+    monkeypatch.setenv("RANK", "1")
+    assert main(["pretrain", "--out", str(tmp_path)]) == 0
+    assert calls and capsys.readouterr().out == ""  # no "None on wafers: None epochs"
+    monkeypatch.setenv("RANK", "0")
+    (tmp_path / "summary.json").write_text(json.dumps({"method": "simclr", "data": "d"}))
+    assert main(["pretrain", "--out", str(tmp_path)]) == 0
+    assert "simclr on d:" in capsys.readouterr().out
+
+
+def test_resume_bookkeeping(labelled_npz, tmp_path, monkeypatch, capsys):
+    """Resumed runs: the summary names the run's data, counts every segment's training time,
+    keeps metrics.csv when there was nothing left to train, and find relative data paths."""
+    from selfsup.cli import main
+
+    train, val = labelled_npz
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(train.name, val.name, work, epochs=1)  # paths relative to tmp_path
+    _, run = selfsup.pretrain(cfg)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"] == str(train) and saved["val_data"] == str(val)  # made absolute
+    first = json.loads((run / "summary.json").read_text())["train_seconds"]
+
+    monkeypatch.chdir(work)  # another directory
+    assert main(["pretrain", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"on {train}:" in out and "on wafers" not in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["data"] == str(train)
+    assert summary["train_seconds"] > first  # both segments
+    assert (run / "metrics.csv").is_file() and (run / "metrics.part0.csv").is_file()
+
+    assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 0  # already finished
+    assert (run / "metrics.csv").is_file() and not (run / "metrics.part1.csv").exists()
+
+    moved = tmp_path / "moved.npz"
+    train.rename(moved)
+    assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no longer exists" in err and "--data" in err
+    assert main(["pretrain", "--resume", str(run), "--data", str(moved), "--no-progress"]) == 0

@@ -1,7 +1,5 @@
 """Wafer similarity search: exact duplicates first, cosine values, feature cache, PNG grid, CLI."""
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -9,11 +7,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from selfsup.backbones import build_backbone
+from selfsup.cli import build_parser
 from selfsup.data.synthetic_wafers import generate_wafer_maps
 from selfsup.data.wm811k_pickles import to_dataset
 from selfsup.wafers import (
     SimilarityIndex,
-    add_wafer_commands,
     grid_size,
     save_grid,
 )
@@ -121,9 +119,7 @@ def exported(tmp_path):
 
 
 def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="selfsup")
-    add_wafer_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

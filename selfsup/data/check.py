@@ -1,24 +1,34 @@
 """``selfsup data check PATH``: what a data source holds, without decoding it all.
 
-Image folders: only file headers are read (PIL opens lazily), so sizes and modes come cheap;
-a file whose header cannot be read is listed as unreadable. Files with a readable header but
-corrupt pixel data are found only when the folder is loaded (and then skipped).
+Image folders: by default only file headers are read (PIL opens lazily), so sizes and modes
+come cheap; a file whose header cannot be read is listed as unreadable, and so are the entries
+the folder listing skips (broken or looping links, names that are not valid UTF-8, folders that
+cannot be listed). Files with a readable header but corrupt pixel data (a truncated JPEG) are
+found by the full check (``full=True``, ``selfsup data check --full``), which decodes every
+image as loading the folder would, or else when the folder is loaded (and then skipped).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from selfsup.data.dataset import spec_kind
 
+log = logging.getLogger("selfsup.data")
+
 _TOP_SIZES = 3
 _SHOWN_UNREADABLE = 10
+_FULL_CHECK_SIZE = 64  # decode size of a full check without image_size (all data is read anyway)
+PROGRESS_SECONDS = 5.0  # a full check logs its progress this often
+T = TypeVar("T")
 
 
 def _size_stats(sizes: Counter[tuple[int, int]], image_size: int | None) -> dict[str, Any]:
@@ -62,30 +72,63 @@ def _check_wafers(image_size: int | None) -> dict[str, Any]:
     }
 
 
-def _check_folder(root: Path, image_size: int | None) -> dict[str, Any]:
-    from selfsup.data.folders import folder_labels, is_labelled_layout, scan_folder
-
-    files, hidden, other = scan_folder(root)
+def _read_headers(
+    root: Path, files: Sequence[str]
+) -> tuple[Counter[tuple[int, int]], Counter[str], dict[str, str]]:
+    """(sizes as (height, width), PIL modes, {file: error}) from the file headers only."""
     sizes: Counter[tuple[int, int]] = Counter()
     modes: Counter[str] = Counter()
-    unreadable: list[str] = []
+    errors: dict[str, str] = {}
     for rel in files:
         try:
             with Image.open(root / rel) as img:  # lazy: reads the header only
                 sizes[(img.height, img.width)] += 1
                 modes[img.mode] += 1
         except Exception as err:  # any failure means "unreadable"
-            unreadable.append(f"{rel} ({type(err).__name__})")
+            errors[rel] = type(err).__name__
+    return sizes, modes, errors
+
+
+def _with_progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
+    """``items``, logging "what: done / total" every ``PROGRESS_SECONDS``."""
+    start = last = time.monotonic()
+    for done, item in enumerate(items, 1):
+        yield item
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            last = now
+            log.info("%s: %d / %d images (%.0f s)", what, done, total, now - start)
+
+
+def _decode_errors(root: Path, files: Sequence[str], image_size: int | None) -> dict[str, str]:
+    """{file: error} for the files that fail to decode the way ``load_image_folder`` does."""
+    from selfsup.data.folders import decode_files
+
+    decoded = decode_files(root, files, image_size or _FULL_CHECK_SIZE, "RGB")
+    results = _with_progress(decoded, len(files), f"full decode of '{root}'")
+    return {rel: res for rel, res in zip(files, results, strict=True) if isinstance(res, str)}
+
+
+def _check_folder(root: Path, image_size: int | None, full: bool) -> dict[str, Any]:
+    from selfsup.data.folders import folder_labels, index_folder, is_labelled_layout
+
+    index = index_folder(root)
+    files = index.files
+    sizes, modes, errors = _read_headers(root, files)
+    if full:
+        errors.update(_decode_errors(root, [f for f in files if f not in errors], image_size))
+    errors = dict(sorted({**index.reasons, **errors}.items()))
     labelled = is_labelled_layout(files)
     report: dict[str, Any] = {
         "kind": "image folder, " + ("labelled (one class per subfolder)" if labelled else "flat"),
+        "check": "full decode" if full else "header check",
         "total": len(files),
         "class_counts": None,
         "channels": dict(modes.most_common()),
         "sizes": _size_stats(sizes, image_size),
-        "unreadable": unreadable,
-        "hidden_skipped": hidden,
-        "other_files": other,
+        "unreadable": [f"{rel} ({error})" for rel, error in errors.items()],
+        "hidden_skipped": index.hidden,
+        "other_files": index.other,
     }
     if labelled:
         labels, names = folder_labels(files)
@@ -147,10 +190,12 @@ def _check_idx(spec: str, image_size: int | None) -> dict[str, Any]:
     }
 
 
-def check_data(spec: str, image_size: int | None = None) -> dict[str, Any]:
+def check_data(spec: str, image_size: int | None = None, *, full: bool = False) -> dict[str, Any]:
     """Counts (total, per class), sizes (height x width: ranges, most common), channels or
     PIL modes, unreadable files and hidden entries skipped. ``image_size`` adds how many
-    images are smaller than it (they would be upscaled)."""
+    images are smaller than it (they would be upscaled). ``full`` (image folders) decodes
+    every image instead of reading headers only, to find corrupt pixel data; the report's
+    "check" says which ran."""
     spec = str(spec)
     kind = spec_kind(spec)
     if kind == "wafers":
@@ -158,7 +203,7 @@ def check_data(spec: str, image_size: int | None = None) -> dict[str, Any]:
     elif kind == "idx":
         report = _check_idx(spec, image_size)
     elif kind == "folder":
-        report = _check_folder(Path(spec).expanduser(), image_size)
+        report = _check_folder(Path(spec).expanduser(), image_size, full)
     else:
         report = _check_arrays(Path(spec).expanduser(), image_size)
     report = {"spec": spec, **report}
@@ -169,7 +214,12 @@ def check_data(spec: str, image_size: int | None = None) -> dict[str, Any]:
 
 def format_check(report: dict[str, Any]) -> str:
     """The report as aligned text lines for the terminal."""
-    lines = [f"{report['spec']}: {report['kind']}", f"  images:       {report['total']:,}"]
+    lines = [f"{report['spec']}: {report['kind']}"]
+    if report.get("check") == "header check":
+        lines.append("  check:        header check (headers only; --full decodes every image)")
+    elif report.get("check"):
+        lines.append(f"  check:        {report['check']} (every image decoded)")
+    lines.append(f"  images:       {report['total']:,}")
     for key in ("stored_shape", "dtype", "value_range"):
         if key in report:
             lines.append(f"  {key + ':':<13} {report[key]}")

@@ -225,6 +225,19 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def absolute_spec(spec: str) -> str:
+    """The spec with its path made absolute (``data/x`` -> ``/home/u/data/x``, ``DIR:test`` ->
+    ``/abs/DIR:test``), so a saved run finds its data from any working directory. Built-in
+    names and paths that do not exist come back unchanged."""
+    if spec.lower() in WAFER_SPECS:
+        return spec
+    base, split = split_spec(spec)
+    path = Path(base).expanduser()
+    if not path.exists():
+        return spec
+    return str(path.resolve()) + (f":{split}" if split else "")
+
+
 def spec_kind(spec: str) -> str:
     """What a data spec names: "wafers", "idx", "folder" or "arrays" (errors name the spec)."""
     if spec.lower() in WAFER_SPECS:

@@ -1,6 +1,6 @@
 """``selfsup eval``: knn, linear, mlp, finetune and transfer on a run folder or exported backbone.
 
-Every command loads the backbone (``selfsup.cli.load_trained``), reads its data at the
+Every command loads the backbone (``selfsup.artifacts.load_trained``), reads its data at the
 backbone's image size, and writes a JSON record (protocol, seed, splits, backbone checksum,
 chosen settings, test metrics) into the run folder. Data with named splits (the built-in
 wafers, IDX folders) supply train / val / test themselves; other data needs ``--test-data``;
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfsup.cli import load_trained, recipe_for
+from selfsup.artifacts import load_trained, recipe_for
 from selfsup.config import apply_overrides
 from selfsup.data.dataset import WAFER_SPECS
 
@@ -76,7 +77,6 @@ def _load_transfer_data(
 
 def cmd_eval_knn(args: argparse.Namespace) -> int:
     from selfsup.train.callbacks import backbone_knn_scores
-    from selfsup.train.checkpoint import atomic_write_text
 
     if _named_splits(args.data) is None and not args.query_data:
         raise ValueError(
@@ -87,7 +87,9 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
     bank_split = _split_for(args.data, "bank", args.bank_split)
     query_split = _split_for(query_data, "query", args.split)
     _check_distinct("knn", {"bank": (args.data, bank_split), "queries": (query_data, query_split)})
-    backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
+    backbone, preprocess, meta = load_trained(
+        args.run, args.checkpoint, trust_checkpoint=args.trust_checkpoint
+    )
     bank = load_eval_data(args.data, meta, bank_split)
     queries = load_eval_data(query_data, meta, query_split)
     for role, ds in (("bank", bank), ("queries", queries)):
@@ -108,12 +110,21 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
     print("| metric | value |\n|---|---|")
     for key, value in scores.items():
         print(f"| {key} | {value:.4f} |")
-    run = Path(args.run)
-    if run.is_dir():
-        atomic_write_text(
-            run / f"eval_knn_{query_split or 'val'}.json", json.dumps(result, indent=2)
-        )
+    _write_record(args.run, f"eval_knn_{query_split or 'val'}", result)
     return 0
+
+
+def _write_record(run: str, name: str, record: dict[str, Any]) -> None:
+    """Write ``RUN/<name>.json`` when the run is a folder and say where (or why not)."""
+    from selfsup.train.checkpoint import atomic_write_text
+
+    folder = Path(run)
+    if not folder.is_dir():
+        print(f"no JSON written: '{run}' is a file, not a run folder")
+        return
+    path = folder / f"{name}.json"
+    atomic_write_text(path, json.dumps(record, indent=2, default=str))
+    print(f"wrote {path}")
 
 
 def _backbone_checksum(backbone: Any) -> str:
@@ -246,18 +257,17 @@ def _eval_record(
 def _report_eval(args: argparse.Namespace, label: str, record: dict[str, Any], name: str) -> None:
     """Print the test table; write ``RUN/<name>.json`` when the run is a folder."""
     from selfsup.eval import format_metrics_table
-    from selfsup.train.checkpoint import atomic_write_text
 
     keys = ["macro_f1", "balanced_accuracy", "accuracy"]
     print(format_metrics_table({f"{label} (test)": record["test"]}, keys=keys))
-    run = Path(args.run)
-    if run.is_dir():
-        atomic_write_text(run / f"{name}.json", json.dumps(record, indent=2, default=str))
+    _write_record(args.run, name, record)
 
 
 def cmd_eval_supervised(args: argparse.Namespace) -> int:
     """linear / mlp probes on frozen features, or fine-tuning: chosen on val, test scored once."""
-    backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
+    backbone, preprocess, meta = load_trained(
+        args.run, args.checkpoint, trust_checkpoint=args.trust_checkpoint
+    )
     splits = _protocol_splits(args, lambda spec, split: load_eval_data(spec, meta, split))
     chosen, metrics = _fit_and_test(args.protocol, backbone, preprocess, meta, splits, args)
     record = _eval_record(args, backbone, meta, splits, chosen, metrics)
@@ -270,7 +280,9 @@ def cmd_eval_transfer(args: argparse.Namespace) -> int:
     """A probe on another labelled dataset B, at the backbone's image size and channels."""
     from selfsup.data.dataset import split_spec
 
-    backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
+    backbone, preprocess, meta = load_trained(
+        args.run, args.checkpoint, trust_checkpoint=args.trust_checkpoint
+    )
     conversions: dict[str, str] = {}
 
     def load(spec: str, split: str | None) -> Any:
@@ -341,6 +353,17 @@ def _pretraining_data(run: Path) -> dict[str, Any]:
     return {"data": None, "note": f"no config.yaml beside '{run}': pretraining data unknown"}
 
 
+def label_fraction(text: str) -> float:
+    """``--label-fraction``: a number in (0, 1]; argparse turns the error into exit code 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got '{text}'")
+    return value
+
+
 def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> None:
     """Data and selection arguments of the supervised protocols (linear, mlp, finetune,
     transfer)."""
@@ -356,7 +379,10 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
     p.add_argument("--test-split", help="wafers, IDX: test")
     p.add_argument("--val-data", help="other data: validation set (default: 10 %% of train)")
     p.add_argument("--test-data", help="other data: test set (needed for folders and arrays)")
-    p.add_argument("--label-fraction", type=float, default=1.0)
+    p.add_argument(
+        "--label-fraction", type=label_fraction, default=1.0, metavar="FRACTION",
+        help="stratified share of the train labels to use, in (0, 1] (default 1)",
+    )  # fmt: skip
     if not transfer:
         p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
         p.add_argument(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from selfsup.eval.progress import Progress, resolve_progress
 from selfsup.train.precision import resolve_precision
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -24,6 +26,7 @@ def extract_features(
     precision: str = "32-true",
     channels_last: bool = False,
     out_device: str | torch.device = "cpu",
+    progress: Progress | None = None,
 ) -> Tensor:
     """Backbone features [N, D] (float32, on ``out_device``) of every image.
 
@@ -37,6 +40,7 @@ def extract_features(
     backbone's own. ``precision`` is a Lightning string: "32-true"/"32", "bf16-mixed",
     "16-mixed" or "auto"; mixed precision autocasts the backbone (not ``preprocess``) on the
     device's type. ``channels_last`` passes NHWC inputs, which oneDNN and tensor cores prefer.
+    ``progress`` reports batches done (default: ``resolve_progress``, silent for short jobs).
     """
     if batch_size < 1:
         raise ValueError(f"extract_features: batch_size must be >= 1, got {batch_size}")
@@ -47,6 +51,9 @@ def extract_features(
     autocast_dtype = AUTOCAST_DTYPES.get(resolved)
 
     out: Tensor | None = None
+    task = resolve_progress(progress).task(
+        f"features of {images.shape[0]} images", math.ceil(images.shape[0] / batch_size), "batches"
+    )
     with _eval_on(backbone, device), torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             batch = images[start : start + batch_size].to(device, non_blocking=True)
@@ -64,6 +71,8 @@ def extract_features(
             if out is None:
                 out = torch.empty(images.shape[0], feats.shape[1], device=out_device)
             out[start : start + feats.shape[0]].copy_(feats.float())
+            task.advance()
+    task.close()
     assert out is not None  # images is non-empty
     return out
 

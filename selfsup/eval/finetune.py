@@ -15,6 +15,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -23,17 +24,21 @@ from torch.nn import functional as F
 from selfsup.eval.features import extract_features
 from selfsup.eval.metrics import classification_metrics, macro_f1
 from selfsup.eval.probe import folded_linear, linear_probe
+from selfsup.eval.progress import Progress, resolve_progress
 from selfsup.train.allocator import heap_allocations
 from selfsup.train.optim import parameter_groups, warmup_cosine
 
 
-def stratified_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
+def stratified_fraction(
+    labels: Tensor, fraction: float, seed: int = 0, *, name: str = "label_fraction"
+) -> Tensor:
     """Indices of a class-stratified random ``fraction`` of ``labels`` (at least one per class).
 
-    Deterministic for a seed; sorted. labels: [N] int64.
+    Deterministic for a seed; sorted. labels: [N] int64. A ``fraction`` outside (0, 1] (or not
+    a number) is a ValueError naming it as ``name``.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+        raise ValueError(f"{name} must be in (0, 1], got {fraction}")
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for cls in labels.unique():
@@ -74,17 +79,20 @@ def probe_head(
     num_classes: int,
     precision: str = "32-true",
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> nn.Linear:
     """The linear probe of ``backbone``'s frozen features (eval mode, no augmentation), weight
     decay and iteration chosen on val, folded into one Linear on raw features: LP-FT's start."""
     device = next(backbone.parameters()).device
     feats = [  # extract_features restores the backbone's modes afterwards
-        extract_features(backbone, x, preprocess, device=device, precision=precision)
+        extract_features(
+            backbone, x, preprocess, device=device, precision=precision, progress=progress
+        )
         for x in (train_images, val_images)
     ]
     probe = linear_probe(
         feats[0], train_labels, feats[1], val_labels, num_classes=num_classes, seed=seed,
-        patience=20,
+        patience=20, progress=progress,
     )  # fmt: skip
     return folded_linear(probe.classifier).to(device)
 
@@ -103,22 +111,29 @@ class FinetuneResult:
     val_macro_f1: float
     history: list[tuple[int, float]] = field(default_factory=list)
 
-    @torch.no_grad()
     def predict(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
         """Class scores [N, C] (eval mode) for raw images."""
-        self.model.eval()
-        device = next(self.model.parameters()).device
-        out = [
-            self.model(preprocess(images[i : i + batch_size].to(device))).float().softmax(-1).cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
-        return torch.cat(out)
+        return _predict(self.model, images, preprocess, batch_size)
 
     def evaluate(self, images, labels, preprocess, class_names=None) -> dict:
         scores = self.predict(images, preprocess)
         return classification_metrics(
             labels, None, scores.shape[1], class_names=class_names, scores=scores
         )
+
+
+@torch.no_grad()
+def _predict(
+    model: nn.Module, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size: int = 512
+) -> Tensor:
+    """Class scores [N, C] of ``model`` in eval mode for raw images, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        model(preprocess(images[i : i + batch_size].to(device))).float().softmax(-1).cpu()
+        for i in range(0, images.shape[0], batch_size)
+    ]
+    return torch.cat(out)
 
 
 def class_weights(labels: Tensor, num_classes: int, mode: str) -> Tensor | None:
@@ -192,6 +207,7 @@ def finetune(
     head_init: str = "zero",
     precision: str = "32-true",
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``backbone`` with a linear head; pick the step on val macro-F1.
 
@@ -203,20 +219,16 @@ def finetune(
     backbone (a linear probe trained with augmentation). ``class_weighting``: see
     ``class_weights``. ``head_init``: "zero", or "probe" (LP-FT: the head starts as the
     linear probe of the frozen features, ``probe_head``). ``precision`` "bf16-mixed" runs
-    forward passes under bf16 autocast.
+    forward passes under bf16 autocast. ``progress`` reports steps done, the latest and best
+    val macro-F1 and the time left (default: ``resolve_progress``, silent for short runs).
     """
-    if train_images.shape[0] < 2:
-        raise ValueError(f"finetune: need at least 2 training images, got {train_images.shape[0]}")
-    if evaluations < 1:
-        raise ValueError(f"finetune: evaluations must be >= 1, got {evaluations}")
-    if head_init not in HEAD_INITS:
-        raise ValueError(f"finetune: head_init must be one of {HEAD_INITS}, got '{head_init}'")
+    _check_finetune_args(train_images, evaluations, head_init)
     torch.manual_seed(seed)
     head = None
     if head_init == "probe":
         head = probe_head(
             backbone, train_images, train_labels, val_images, val_labels, preprocess=preprocess,
-            num_classes=num_classes, precision=precision, seed=seed,
+            num_classes=num_classes, precision=precision, seed=seed, progress=progress,
         )  # fmt: skip
     model = Classifier(copy.deepcopy(backbone), num_classes, head)
     device = next(backbone.parameters()).device
@@ -229,37 +241,87 @@ def finetune(
     eval_at = {round(total * (i + 1) / evaluations) for i in range(evaluations)}
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     weight = class_weights(train_labels, num_classes, class_weighting)
-    weight = weight.to(device) if weight is not None else None
-    use_bf16 = precision == "bf16-mixed"
+    loss_fn = partial(
+        F.cross_entropy, weight=None if weight is None else weight.to(device),
+        label_smoothing=label_smoothing,
+    )  # fmt: skip
+    autocast = partial(
+        torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"
+    )
     batches = _batches(n, batch_size, torch.Generator().manual_seed(seed))
-    best_state, best_step, best_score, history = None, 0, -1.0, []
+    selection = _Selection()
+    task = resolve_progress(progress).task("fine-tune", total, "steps")
     with heap_allocations(device.type == "cpu"):  # freed activations reused, not re-faulted
         for step in range(1, total + 1):
-            model.train()
-            if backbone_lr is None:
-                model.backbone.eval()
             factor = warmup_cosine(step - 1, total, max(1, total // 20))
             for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 g["lr"] = base * factor
             idx = next(batches)
-            x = augment(train_images[idx].to(device))
-            y = train_labels[idx].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(x)
-            loss = F.cross_entropy(
-                logits.float(), y, weight=weight, label_smoothing=label_smoothing
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            x, y = augment(train_images[idx].to(device)), train_labels[idx].to(device)
+            _sgd_step(model, optimizer, x, y, loss_fn, autocast, backbone_lr is None)
             if step in eval_at:
-                probe = FinetuneResult(model, step, step / steps_per_epoch, 0.0)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    preds = probe.predict(val_images, preprocess).argmax(1)
-                score = macro_f1(val_labels, preds, num_classes)
-                history.append((step, score))
-                if score > best_score:
-                    best_score, best_step = score, step
-                    best_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    return FinetuneResult(model.eval(), best_step, best_step / steps_per_epoch, best_score, history)
+                with autocast():
+                    preds = _predict(model, val_images, preprocess).argmax(1)
+                selection.record(step, macro_f1(val_labels, preds, num_classes), model)
+            task.update(step, selection.status())
+    task.close()
+    model.load_state_dict(selection.state)
+    return FinetuneResult(
+        model.eval(), selection.step, selection.step / steps_per_epoch, selection.score,
+        selection.history,
+    )  # fmt: skip
+
+
+def _check_finetune_args(train_images: Tensor, evaluations: int, head_init: str) -> None:
+    if train_images.shape[0] < 2:
+        raise ValueError(f"finetune: need at least 2 training images, got {train_images.shape[0]}")
+    if evaluations < 1:
+        raise ValueError(f"finetune: evaluations must be >= 1, got {evaluations}")
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"finetune: head_init must be one of {HEAD_INITS}, got '{head_init}'")
+
+
+def _sgd_step(
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    autocast: Callable[[], torch.autocast],
+    frozen_backbone: bool,
+) -> None:
+    """One training step on the batch (x, y); a frozen backbone stays in eval mode."""
+    model.train()
+    if frozen_backbone:
+        model.backbone.eval()
+    with autocast():
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@dataclass
+class _Selection:
+    """Every (step, val macro-F1) so far and the best step's weights."""
+
+    step: int = 0
+    score: float = -1.0
+    state: dict[str, Tensor] | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    def record(self, step: int, score: float, model: nn.Module) -> None:
+        self.history.append((step, score))
+        if score > self.score:
+            self.step, self.score = step, score
+            self.state = copy.deepcopy(model.state_dict())
+
+    def status(self) -> str:
+        """The latest and the best val score, for progress lines ("" before the first)."""
+        if not self.history:
+            return ""
+        step, score = self.history[-1]
+        return (
+            f"val macro-F1 {score:.3f} at step {step} (best {self.score:.3f} at step {self.step})"
+        )

@@ -8,6 +8,7 @@ exp(sim / t), and the class with the largest summed weight wins.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from selfsup.eval.metrics import as_label_tensor, classification_metrics
+from selfsup.eval.progress import Progress, resolve_progress
 
 KNN_METRICS = ("accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1")
 
@@ -31,6 +33,7 @@ def knn_classify(
     temperature: float = 0.1,
     num_classes: int | None = None,
     batch_size: int = 1024,
+    progress: Progress | None = None,
 ) -> dict[int, Tensor]:
     """Class scores [Q, C] of every query for every requested ``k``: ``{k: scores}``.
 
@@ -42,12 +45,51 @@ def knn_classify(
     the bank's device in float32; queries go in chunks of ``batch_size`` so at most
     batch_size x N similarities exist at once, and one top-k with the largest k serves every k.
     A k larger than the bank is clamped to N with a warning (the result keeps the requested key).
+    ``progress`` reports query batches done (default: ``resolve_progress``).
     """
     ks = _check_ks(k)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    bank, labels, queries, num_classes = _checked_bank(
+        train_features, train_labels, query_features, num_classes
+    )
+    n_bank = bank.shape[0]
+    too_big = [kk for kk in ks if kk > n_bank]
+    if too_big:
+        warnings.warn(
+            f"knn_classify: k={too_big} exceeds the bank size {n_bank}; using k={n_bank} instead",
+            stacklevel=2,
+        )
+    used = {kk: min(kk, n_bank) for kk in ks}
+    k_max = max(used.values())
+
+    bank = F.normalize(bank, dim=1)
+    out = {kk: bank.new_empty(queries.shape[0], num_classes) for kk in ks}
+    task = resolve_progress(progress).task(
+        f"kNN of {queries.shape[0]} queries on {n_bank}",
+        math.ceil(queries.shape[0] / batch_size), "query batches",
+    )  # fmt: skip
+    for start in range(0, queries.shape[0], batch_size):
+        q = F.normalize(queries[start : start + batch_size], dim=1)
+        sims, idx = (q @ bank.T).topk(k_max, dim=1)  # sorted, most similar first
+        neighbour_labels = labels[idx]
+        for kk, n in used.items():
+            # softmax == exp(s/t) / sum exp(s/t): the normalised vote, shifted by the max for safety
+            weights = torch.softmax(sims[:, :n] / temperature, dim=1)
+            scores = out[kk][start : start + batch_size]
+            scores.zero_().scatter_add_(1, neighbour_labels[:, :n], weights)
+        task.advance()
+    task.close()
+    return out
+
+
+def _checked_bank(
+    train_features: Any, train_labels: Any, query_features: Any, num_classes: int | None
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(bank [N, D], labels [N], queries [Q, D] on the bank's device, num_classes), float32;
+    ValueError for shapes or labels that do not fit."""
     bank = _as_features(train_features, "train_features")
     queries = _as_features(query_features, "query_features").to(bank.device)
     labels = as_label_tensor(train_labels, "train_labels").to(bank.device)
@@ -70,29 +112,7 @@ def knn_classify(
             f"train_labels hold classes in [{int(labels.min())}, {int(labels.max())}], "
             f"outside [0, num_classes={num_classes})"
         )
-
-    n_bank = bank.shape[0]
-    too_big = [kk for kk in ks if kk > n_bank]
-    if too_big:
-        warnings.warn(
-            f"knn_classify: k={too_big} exceeds the bank size {n_bank}; using k={n_bank} instead",
-            stacklevel=2,
-        )
-    used = {kk: min(kk, n_bank) for kk in ks}
-    k_max = max(used.values())
-
-    bank = F.normalize(bank, dim=1)
-    out = {kk: bank.new_empty(queries.shape[0], num_classes) for kk in ks}
-    for start in range(0, queries.shape[0], batch_size):
-        q = F.normalize(queries[start : start + batch_size], dim=1)
-        sims, idx = (q @ bank.T).topk(k_max, dim=1)  # sorted, most similar first
-        neighbour_labels = labels[idx]
-        for kk, n in used.items():
-            # softmax == exp(s/t) / sum exp(s/t): the normalised vote, shifted by the max for safety
-            weights = torch.softmax(sims[:, :n] / temperature, dim=1)
-            scores = out[kk][start : start + batch_size]
-            scores.zero_().scatter_add_(1, neighbour_labels[:, :n], weights)
-    return out
+    return bank, labels, queries, num_classes
 
 
 def knn_evaluate(
@@ -104,6 +124,7 @@ def knn_evaluate(
     temperature: float = 0.1,
     num_classes: int | None = None,
     batch_size: int = 1024,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """kNN scores for each k: ``knn{k}_accuracy``, ``knn{k}_balanced_accuracy``,
     ``knn{k}_macro_f1`` and, with at least 5 classes, ``knn{k}_top5_accuracy``.
@@ -128,6 +149,7 @@ def knn_evaluate(
         temperature=temperature,
         num_classes=num_classes,
         batch_size=batch_size,
+        progress=progress,
     )
     results: dict[str, float] = {}
     for kk, scores in all_scores.items():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from selfsup.eval.metrics import as_label_tensor, classification_metrics, macro_f1
+from selfsup.eval.progress import Progress, ProgressTask, resolve_progress
 
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
 # Default learning rate per optimizer (L-BFGS scales its step by line search).
@@ -133,6 +135,7 @@ def linear_probe(
     class_balanced: bool = False,
     seed: int = 0,
     patience: int | None = None,
+    progress: Progress | None = None,
 ) -> ProbeResult:
     """Logistic regression on standardised features, weight decay and epoch chosen on val.
 
@@ -143,6 +146,8 @@ def linear_probe(
     ``class_balanced`` weights the cross-entropy by n / (classes * count_c), as sklearn's
     "balanced". ``patience`` stops a weight decay's run after that many epochs without a better
     validation score (None: always run ``epochs``). Same inputs and seed, same result.
+    ``progress`` reports the search: which weight decay of how many, epochs done, the best
+    validation macro-F1 so far (default: ``resolve_progress``, silent for short searches).
     """
 
     def head(dim: int) -> nn.Module:
@@ -153,7 +158,7 @@ def linear_probe(
         return linear
 
     search = _Search(num_classes, weight_decays, epochs, lr, batch_size, optimizer,
-                     class_balanced, seed, patience)  # fmt: skip
+                     class_balanced, seed, patience, progress=progress)  # fmt: skip
     data = (train_features, train_labels, val_features, val_labels)
     return _fit_probe(head, data, search, hyperparameters={"probe": "linear"})
 
@@ -175,6 +180,7 @@ def mlp_probe(
     class_balanced: bool = False,
     seed: int = 0,
     patience: int | None = None,
+    progress: Progress | None = None,
 ) -> ProbeResult:
     """An MLP probe: standardise -> Linear(D, hidden_dim) -> ReLU -> Dropout -> Linear(., C).
 
@@ -196,7 +202,7 @@ def mlp_probe(
         )
 
     search = _Search(num_classes, weight_decays, epochs, lr, batch_size, optimizer,
-                     class_balanced, seed, patience, dropout)  # fmt: skip
+                     class_balanced, seed, patience, dropout, progress)  # fmt: skip
     data = (train_features, train_labels, val_features, val_labels)
     hyperparameters = {"probe": "mlp", "hidden_dim": hidden_dim, "dropout": dropout}
     return _fit_probe(head, data, search, hyperparameters)
@@ -219,6 +225,7 @@ class _Search:
     seed: int
     patience: int | None
     dropout: float = 0.0
+    progress: Progress | None = None
 
 
 @dataclass
@@ -282,20 +289,8 @@ def _fit_probe(
         class_weight=_balanced_weights(y, search.num_classes) if search.class_balanced else None,
         patience=search.patience,
     )
-    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
-
-    best = _Best()
-    history: dict[float, list[float]] = {}
-    for wd in weight_decays:
-        # Same seed for every weight decay: candidates differ only by their regulariser. The
-        # forked RNG leaves the caller's random state as it was.
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(search.seed)
-            head = make_head(x.shape[1]).to(x.device)
-            order = torch.Generator().manual_seed(search.seed)
-            history[wd] = _train_one(head, wd, (x, y), (xv, yv), settings, order, best)
-
-    assert best.state is not None
+    label = f"{hyperparameters['probe']} probe search"
+    best, history = _search(make_head, (x, y), (xv, yv), weight_decays, settings, search, label)
     with torch.random.fork_rng(devices=[]):  # its init is overwritten; keep the caller's RNG
         final = make_head(x.shape[1]).to(x.device)
     final.load_state_dict(best.state)
@@ -320,6 +315,48 @@ def _fit_probe(
         history=history,
         hyperparameters=hyperparameters,
     )
+
+
+def _search(
+    make_head: Callable[[int], nn.Module],
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    weight_decays: list[float],
+    settings: _Settings,
+    search: _Search,
+    label: str,
+) -> tuple[_Best, dict[float, list[float]]]:
+    """Train one head per weight decay: (the best candidate, val macro-F1 per epoch of each),
+    reported to ``search.progress`` as ``label``."""
+    x = train[0]
+    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+    task = resolve_progress(search.progress).task(
+        label, len(weight_decays) * search.epochs, "epochs"
+    )
+    best = _Best()
+    history: dict[float, list[float]] = {}
+    for i, wd in enumerate(weight_decays):
+        # Same seed for every weight decay: candidates differ only by their regulariser. The
+        # forked RNG leaves the caller's random state as it was.
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(search.seed)
+            head = make_head(x.shape[1]).to(x.device)
+            order = torch.Generator().manual_seed(search.seed)
+            setting = f"setting {i + 1}/{len(weight_decays)} (weight_decay={wd:g})"
+            tick = partial(_report_epoch, task, setting, best)
+            history[wd] = _train_one(head, wd, train, val, settings, order, best, tick)
+        task.update((i + 1) * search.epochs)  # early stopping skips the rest of this setting
+    task.close(
+        f"chose weight_decay={best.weight_decay:g} epoch {best.epoch}, "
+        f"val macro-F1 {best.key[0]:.3f}"
+    )
+    assert best.state is not None
+    return best, history
+
+
+def _report_epoch(task: ProgressTask, setting: str, best: _Best) -> None:
+    """One epoch of one candidate done: the setting and the best val score so far."""
+    task.advance(status=f"{setting}, best val macro-F1 {best.key[0]:.3f}")
 
 
 def _checked_search(search: _Search) -> tuple[str, float, list[float]]:
@@ -349,6 +386,7 @@ def _train_one(
     s: _Settings,
     order: torch.Generator,
     best: _Best,
+    tick: Callable[[], None],
 ) -> list[float]:
     """Train one candidate, updating ``best`` in place; returns val macro-F1 per epoch."""
     (x, y), (xv, yv) = train, val
@@ -398,20 +436,26 @@ def _train_one(
                 loss.backward()
                 adam.step()
 
-        head.eval()
-        with torch.no_grad():
-            logits = head(xv)
-            f1 = macro_f1(yv, logits.argmax(dim=1), s.num_classes)
-            val_loss = float(F.cross_entropy(logits, yv, weight=s.class_weight))
-        key = (f1, -val_loss)
+        key = _val_key(head, xv, yv, s)
+        f1 = key[0]
         if key > best.key:
             best.key, best.weight_decay, best.epoch = key, weight_decay, epoch
             best.state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         since_best = 0 if not scores or f1 > max(scores) else since_best + 1
         scores.append(f1)
+        tick()
         if s.patience is not None and since_best >= s.patience:
             break
     return scores
+
+
+@torch.no_grad()
+def _val_key(head: nn.Module, xv: Tensor, yv: Tensor, s: _Settings) -> tuple[float, float]:
+    """(val macro-F1, -val cross-entropy) of ``head`` in eval mode: larger is better."""
+    head.eval()
+    logits = head(xv)
+    f1 = macro_f1(yv, logits.argmax(dim=1), s.num_classes)
+    return f1, -float(F.cross_entropy(logits, yv, weight=s.class_weight))
 
 
 def _balanced_weights(y: Tensor, num_classes: int) -> Tensor:

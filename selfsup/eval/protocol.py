@@ -21,7 +21,7 @@ def validation_indices(
 ) -> tuple[Tensor, Tensor]:
     """(fit indices, val indices), both sorted: val is a seeded, class-stratified ``fraction``
     of ``labels`` [N] (at least one per class), fit is the rest. Same inputs, same split."""
-    val = stratified_fraction(labels, fraction, seed=seed)
+    val = stratified_fraction(labels, fraction, seed=seed, name="validation fraction")
     keep = torch.ones(labels.shape[0], dtype=torch.bool)
     keep[val] = False
     return keep.nonzero()[:, 0], val

@@ -7,7 +7,7 @@ write_report(run, data=val_dataset)               # or any held-out labelled Ima
 
 Training curves come from ``metrics.csv`` (Lightning's CSVLogger, plus ``metrics.part*.csv``
 of a resumed run), the kNN table from ``summary.json``; with labelled data the trained
-backbone (``selfsup.cli.load_trained``) embeds a seeded subsample for a kNN confusion matrix,
+backbone (``selfsup.artifacts.load_trained``) embeds a seeded subsample for a kNN confusion matrix,
 PCA and t-SNE maps and a nearest-neighbour grid. Whatever is missing (an interrupted run, no
 labels, no scikit-learn) skips its plot and the report says why.
 """
@@ -250,13 +250,17 @@ def evaluation_plots(
     max_points: int,
     max_bank: int | None,
     seed: int,
+    trust_checkpoint: bool = False,
 ) -> tuple[list[str], dict[str, Outcome]]:
     """(report lines, {plot key: outcome}) for the four plots that need labelled data."""
     keys = ("confusion", "pca", "tsne", "retrieval")
-    from selfsup.cli import load_trained
+    from selfsup.artifacts import load_trained
+    from selfsup.train.checkpoint import UntrustedCheckpointError
 
     try:
-        backbone, preprocess, meta = load_trained(run_dir)
+        backbone, preprocess, meta = load_trained(run_dir, trust_checkpoint=trust_checkpoint)
+    except UntrustedCheckpointError:
+        raise  # a refused file is the user's decision to make, not a missing plot
     except Exception as err:  # whatever broke the run's model files, the report still gets out
         reason = f"no trained backbone to evaluate ({err})"
         return [], dict.fromkeys(keys, reason)
@@ -386,6 +390,7 @@ def write_report(
     max_points: int = 3000,
     max_bank: int | None = 5000,
     seed: int = 0,
+    trust_checkpoint: bool = False,
 ) -> Path:
     """Regenerate ``run_dir/report.md`` and ``run_dir/plots/*.png``; returns the report's path.
 
@@ -396,6 +401,8 @@ def write_report(
     of ``data``. max_points / max_bank cap the queries / bank (None: no cap), drawn with
     ``seed``; a smaller bank than the kNN monitor's gives lower kNN scores. Missing inputs
     skip a plot and the report says why; an interrupted run's folder still gets a report.
+    A run without an export is evaluated from its last checkpoint, read safely unless
+    ``trust_checkpoint``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -422,7 +429,7 @@ def write_report(
     }
     eval_lines, eval_outcomes = evaluation_plots(
         run_dir, config, plots, data=data, bank=bank, split=split,
-        max_points=max_points, max_bank=max_bank, seed=seed,
+        max_points=max_points, max_bank=max_bank, seed=seed, trust_checkpoint=trust_checkpoint,
     )  # fmt: skip
     outcomes.update(eval_outcomes)
     for key, outcome in outcomes.items():

@@ -5,8 +5,11 @@ returns it to the kernel on ``free``. A CPU training step allocates and frees ac
 of MiB each (a CIFAR ResNet-18 at batch 512: 64 MiB per early feature map), so every step
 page-faults all of them in again: about 600,000 minor faults per step, measured, a tenth of the
 step time spent in the kernel zeroing pages. With mmap disabled and a high trim threshold, freed
-blocks stay in the heap and the next step reuses them; the process keeps its peak working set
-instead of returning it to the kernel between steps.
+blocks stay in the heap and later steps reuse them (after a few steps: glibc's per-thread cache
+can hold small alignment leftovers that make the first reuses miss, up to 7 steps measured); the
+process keeps its peak working set instead of returning it to the kernel between steps. Only the
+main thread's heap is affected this way: a thread arena holds at most 64 MiB, so larger blocks of
+other threads are still mmapped (training runs in the main thread).
 
 This is process-wide state, so ``heap_allocations`` applies it only for the ``with`` block (the
 trainer's fit) and puts glibc's defaults back afterwards, releasing the kept memory.

@@ -6,10 +6,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from selfsup.eval.progress import Progress
 
 log = logging.getLogger("selfsup.train")
 
@@ -24,20 +27,26 @@ def backbone_knn_scores(
     temperature: float = 0.1,
     precision: str = "32-true",
     batch_size: int = 512,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """kNN scores of ``backbone`` features: labelled ``bank`` votes for ``queries``.
 
     Both datasets hold ``images`` (uint8 [N, C, H, W]) and ``labels``. Cosine similarity,
-    exp(sim / temperature) weighted vote, for every k in ``k``.
+    exp(sim / temperature) weighted vote, for every k in ``k``. ``progress`` defaults to quiet:
+    the training monitors log one line per pass themselves, beside the trainer's progress bar.
     """
     from selfsup.eval import extract_features, knn_evaluate
+    from selfsup.eval.progress import Progress
 
+    progress = progress or Progress(enabled=False)
     bank_f = extract_features(
-        backbone, bank.images, preprocess, batch_size=batch_size, precision=precision
-    )
+        backbone, bank.images, preprocess, batch_size=batch_size, precision=precision,
+        progress=progress,
+    )  # fmt: skip
     query_f = extract_features(
-        backbone, queries.images, preprocess, batch_size=batch_size, precision=precision
-    )
+        backbone, queries.images, preprocess, batch_size=batch_size, precision=precision,
+        progress=progress,
+    )  # fmt: skip
     num_classes = int(max(int(bank.labels.max()), int(queries.labels.max())) + 1)
     return knn_evaluate(
         bank_f,
@@ -47,6 +56,7 @@ def backbone_knn_scores(
         k=list(k),
         temperature=temperature,
         num_classes=num_classes,
+        progress=progress,
     )
 
 

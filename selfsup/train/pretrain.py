@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import time
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,10 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import selfsup
+from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig, load_yaml, resolve_config
-from selfsup.data.dataset import spec_kind
+from selfsup.data.dataset import absolute_spec, spec_kind
+from selfsup.methods import METHODS
 from selfsup.train.allocator import glibc, heap_allocations
 from selfsup.train.callbacks import (
     CollapseMonitor,
@@ -24,7 +28,7 @@ from selfsup.train.callbacks import (
     ThroughputMonitor,
     backbone_knn_scores,
 )
-from selfsup.train.checkpoint import AtomicCheckpointIO
+from selfsup.train.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from selfsup.train.module import PretrainModule, total_training_steps, warmup_steps_for
 from selfsup.train.optim import scaled_lr
 from selfsup.train.precision import on_gpu, resolve_channels_last, resolve_precision
@@ -149,15 +153,19 @@ def build_method(cfg: PretrainConfig, train: Any) -> Any:
             f"in_channels={cfg.in_channels} but the data '{cfg.data}' has "
             f"{train.in_channels} channel(s)"
         )
-    return selfsup.build(
-        cfg.method,
-        backbone=cfg.backbone,
-        in_channels=in_channels,
-        image_size=cfg.image_size,
-        view_style=cfg.view_style or train.style,
-        backbone_kwargs=dict(cfg.backbone_kwargs),
-        **cfg.method_kwargs,
-    )
+    base = {
+        "backbone": cfg.backbone,
+        "in_channels": in_channels,
+        "image_size": cfg.image_size,
+        "view_style": cfg.view_style or train.style,
+        "backbone_kwargs": dict(cfg.backbone_kwargs),
+    }
+    METHODS.check_kwargs(cfg.method, cfg.method_kwargs, "method_kwargs", reserved=base)
+    if cfg.backbone in BACKBONES:  # timm/<model> keywords are timm's to check
+        BACKBONES.check_kwargs(
+            cfg.backbone, cfg.backbone_kwargs, "backbone_kwargs", reserved=["in_channels"]
+        )
+    return selfsup.build(cfg.method, **base, **cfg.method_kwargs)
 
 
 def prepared_method(cfg: PretrainConfig, train: Any) -> tuple[Any, str, bool]:
@@ -173,70 +181,78 @@ def prepared_method(cfg: PretrainConfig, train: Any) -> tuple[Any, str, bool]:
     return method, precision, channels_last
 
 
-def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
-    """Pretrain a method; returns ``(method, run_dir)``.
+# settings a resumed run takes from the command rather than from its saved config.yaml: how
+# long to train, where the devices are, and where the data is now (if it moved)
+RESUME_OVERRIDES = frozenset(
+    {"epochs", "max_steps", "devices", "num_nodes", "accelerator", "progress_bar", "data",
+     "val_data"}
+)  # fmt: skip
 
-    ``config`` is a PretrainConfig, a dict, a YAML path or None; keyword arguments override it.
-    ``resume`` (a run folder or .ckpt) continues a killed run with that run's saved config.
-    """
-    from selfsup.data import load_dataset
 
-    cfg = _as_config(config, kwargs)
-    explicit = _explicit_keys(config, kwargs)
-    resume_ckpt: Path | None = None
-    run_dir: Path | None = Path(os.environ[RUN_DIR_ENV]) if RUN_DIR_ENV in os.environ else None
-    if cfg.resume:
-        run_dir, resume_ckpt = _resume_target(cfg.resume, cfg.out)
-        saved = {k: v for k, v in load_yaml(run_dir / "config.yaml").items()}
-        # the saved run's settings win, except how long to train and where the devices are
-        keep = {"epochs", "max_steps", "devices", "num_nodes", "accelerator", "progress_bar"}
-        given = {k: v for k, v in cfg.to_dict().items() if k in keep & explicit}
-        cfg = PretrainConfig.from_dict(
-            {**saved, **given, "resume": None},
-            source=str(run_dir / "config.yaml"),
-        )
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    split = cfg.train_split if _has_splits(cfg.data) else None
-    train = load_dataset(
-        cfg.data, image_size=cfg.image_size, in_channels=cfg.in_channels, split=split
+def _resumed_config(cfg: PretrainConfig, explicit: set[str]) -> tuple[PretrainConfig, Path, Path]:
+    """(the run's saved config with the caller's overrides, run folder, checkpoint)."""
+    run_dir, ckpt = _resume_target(cfg.resume, cfg.out)
+    saved = load_yaml(run_dir / "config.yaml")
+    given = {k: v for k, v in cfg.to_dict().items() if k in RESUME_OVERRIDES & explicit}
+    # trust is the caller's decision now, never a saved value
+    trust = {"trust_checkpoint": cfg.trust_checkpoint}
+    resumed = PretrainConfig.from_dict(
+        {**saved, **given, "resume": None, **trust}, source=str(run_dir / "config.yaml")
     )
-    method, precision, channels_last = prepared_method(cfg, train)
-    bank, queries = _monitor_data(cfg, train)
-    knn_precision = "bf16-mixed" if precision == "bf16-mixed" else "32-true"
+    for key, option in (("data", "--data NEW_PATH"), ("val_data", "--set val_data=NEW_PATH")):
+        spec = getattr(resumed, key)
+        if spec and _is_missing(spec):
+            raise FileNotFoundError(
+                f"resume: the run's {key} '{spec}' (from {run_dir / 'config.yaml'}) no longer "
+                f"exists; if it moved, give its new place with {option}"
+            )
+    best = run_dir / "checkpoints" / "best.ckpt"
+    if best.is_file():  # read at the end to export the best epoch: refuse it before training
+        load_checkpoint_file(best, trust=resumed.trust_checkpoint)
+    return resumed, run_dir, ckpt
 
+
+def _is_missing(spec: str) -> bool:
+    """True when the spec names a file or folder that does not exist."""
+    try:
+        spec_kind(spec)
+    except FileNotFoundError:
+        return True
+    return False
+
+
+def _monitor_callbacks(
+    cfg: PretrainConfig, bank: Any, queries: Any, precision: str
+) -> tuple[list[L.Callback], str | None]:
+    """(callbacks, the metric best.ckpt follows): throughput, collapse, and with labelled
+    validation data the kNN monitor (and early stopping on it when asked)."""
     callbacks: list[L.Callback] = [
         ThroughputMonitor(),
         CollapseMonitor(cfg.collapse_threshold, cfg.collapse_stop),
     ]
-    monitor_key = None
-    if bank is not None:
-        callbacks.append(
-            KNNMonitor(
-                bank,
-                queries,
-                k=cfg.knn_k,
-                temperature=cfg.knn_temperature,
-                every_n_epochs=cfg.knn_every_n_epochs,
-                precision=knn_precision,
-            )
+    if bank is None:
+        return callbacks, None
+    callbacks.append(
+        KNNMonitor(
+            bank,
+            queries,
+            k=cfg.knn_k,
+            temperature=cfg.knn_temperature,
+            every_n_epochs=cfg.knn_every_n_epochs,
+            precision=precision,
         )
-        monitor_key = f"val/knn{cfg.knn_k[0]}_macro_f1"
-        if cfg.early_stopping_patience:
-            callbacks.append(
-                EarlyStopping(monitor_key, mode="max", patience=cfg.early_stopping_patience)
-            )
+    )
+    monitor_key = f"val/knn{cfg.knn_k[0]}_macro_f1"
+    if cfg.early_stopping_patience:
+        callbacks.append(
+            EarlyStopping(monitor_key, mode="max", patience=cfg.early_stopping_patience)
+        )
+    return callbacks, monitor_key
 
-    trainer_probe_world = _expected_world_size(cfg)
-    if run_dir is None:
-        default_name = f"{cfg.method}-{cfg.backbone}"
-        run_dir = new_run_dir(cfg.out, cfg.name, default_name)
-    if resume_ckpt and (run_dir / "metrics.csv").is_file() and _is_main_process():
-        # Lightning's CSV logger starts metrics.csv afresh: keep the killed part's rows
-        part = len(list(run_dir.glob("metrics.part*.csv")))
-        (run_dir / "metrics.csv").rename(run_dir / f"metrics.part{part}.csv")
-    ckpt_dir = run_dir / "checkpoints"
-    callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt"))
+
+def _checkpoint_callbacks(ckpt_dir: Path, monitor_key: str | None) -> list[L.Callback]:
+    """last.ckpt every epoch; best.ckpt on the kNN monitor when there is one."""
+    callbacks: list[L.Callback] = [LastCheckpoint(ckpt_dir / "last.ckpt")]
     if monitor_key:
         callbacks.append(
             ModelCheckpoint(
@@ -249,44 +265,154 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
                 auto_insert_metric_name=False,
             )
         )
-    datamodule = _BatchDataModule(train, cfg.batch_size, cfg.seed, cfg.num_workers)
+    return callbacks
 
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy="ddp" if trainer_probe_world > 1 else "auto",
-        # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics
-        sync_batchnorm=trainer_probe_world > 1 and on_gpu(cfg.accelerator),
-        precision=precision,
-        max_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        callbacks=callbacks,
-        logger=[
-            CSVLogger(run_dir, name="", version=""),
-            TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        # last.ckpt is ours (LastCheckpoint); without a best.ckpt monitor Lightning would add
-        # its own default checkpoint (epoch=N-step=M.ckpt) beside it
-        enable_checkpointing=monitor_key is not None,
-        log_every_n_steps=cfg.log_every_n_steps,
-        enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        default_root_dir=run_dir,
-    )
-    world = trainer.world_size
-    steps_per_epoch = len(train) // (cfg.batch_size * world)
-    if steps_per_epoch == 0:
+
+def _make_trainer(
+    cfg: PretrainConfig,
+    run_dir: Path,
+    callbacks: list[L.Callback],
+    monitor_key: str | None,
+    precision: str,
+) -> L.Trainer:
+    """Lightning's Trainer for this run; its complaints about the user's setup (no GPU, bad
+    devices) become one-line ValueErrors."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    world = _expected_world_size(cfg)
+    try:
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy="ddp" if world > 1 else "auto",
+            # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics
+            sync_batchnorm=world > 1 and on_gpu(cfg.accelerator),
+            precision=precision,
+            max_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1,
+            callbacks=callbacks,
+            logger=[
+                CSVLogger(run_dir, name="", version=""),
+                TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+            ],
+            plugins=[AtomicCheckpointIO(trust=cfg.trust_checkpoint)],
+            # last.ckpt is ours (LastCheckpoint); without a best.ckpt monitor Lightning would add
+            # its own default checkpoint (epoch=N-step=M.ckpt) beside it
+            enable_checkpointing=monitor_key is not None,
+            log_every_n_steps=cfg.log_every_n_steps,
+            enable_progress_bar=cfg.progress_bar,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            num_sanity_val_steps=0,
+            default_root_dir=run_dir,
+        )
+    except (MisconfigurationException, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"cannot set up training with accelerator={cfg.accelerator!r}, "
+            f"devices={cfg.devices!r}: {first}"
+        ) from err
+    _warn_if_oversubscribed(trainer)
+    return trainer
+
+
+def _warn_if_oversubscribed(trainer: L.Trainer) -> None:
+    """More CPU training processes than cores: each one waits for the others."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    cores = os.cpu_count() or 1
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
+        if trainer.is_global_zero:
+            log.warning(
+                "--devices %d starts %d CPU training processes on %d core(s): they compete for "
+                "the cores, so each step is slower than with --devices 1",
+                trainer.num_devices,
+                trainer.num_devices,
+                cores,
+            )
+
+
+def _steps_per_epoch(cfg: PretrainConfig, images: int, world: int) -> int:
+    steps = images // (cfg.batch_size * world)
+    if steps == 0:
         raise ValueError(
             f"batch_size={cfg.batch_size} x {world} device(s) is larger than the "
-            f"{len(train)} images of '{cfg.data}'; lower --batch-size"
+            f"{images} images of '{cfg.data}'; lower --batch-size"
         )
+    return steps
+
+
+def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
+    """Pretrain a method; returns ``(method, run_dir)``.
+
+    ``config`` is a PretrainConfig, a dict, a YAML path or None; keyword arguments override it.
+    ``resume`` (a run folder or .ckpt) continues a killed run with that run's saved config.
+    A fresh run whose start fails (bad settings, no GPU, data too small for the batch) or that
+    ends before its first checkpoint leaves no run folder behind.
+    """
+    from selfsup.data import load_dataset
+
+    cfg = _as_config(config, kwargs)
+    resume_ckpt: Path | None = None
+    run_dir: Path | None = Path(os.environ[RUN_DIR_ENV]) if RUN_DIR_ENV in os.environ else None
+    if cfg.resume:
+        cfg, run_dir, resume_ckpt = _resumed_config(cfg, _explicit_keys(config, kwargs))
+    else:
+        cfg.data = absolute_spec(cfg.data)  # the saved run finds it from any directory
+        cfg.val_data = absolute_spec(cfg.val_data) if cfg.val_data else cfg.val_data
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    split = cfg.train_split if _has_splits(cfg.data) else None
+    train = load_dataset(
+        cfg.data, image_size=cfg.image_size, in_channels=cfg.in_channels, split=split
+    )
+    _steps_per_epoch(cfg, len(train), _expected_world_size(cfg))  # before any folder exists
+    method, precision, channels_last = prepared_method(cfg, train)
+    bank, queries = _monitor_data(cfg, train)
+    fresh = run_dir is None
+    if run_dir is None:
+        run_dir = new_run_dir(cfg.out, cfg.name, f"{cfg.method}-{cfg.backbone}")
+    try:
+        module = _train(cfg, run_dir, resume_ckpt, train, method, bank, queries,
+                        precision, channels_last)  # fmt: skip
+    except BaseException:
+        if fresh and is_main_process():
+            _remove_unstarted_run(run_dir)
+        raise
+    return module.method, run_dir
+
+
+def _remove_unstarted_run(run_dir: Path) -> None:
+    """Delete a run folder this call made when the run failed before its first checkpoint:
+    nothing in it can be resumed, and a corrected rerun should get the same name."""
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        log.info("the run stopped; '%s' keeps its last checkpoint (--resume %s)", run_dir, run_dir)
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log.info("removed '%s': the run stopped before its first checkpoint", run_dir)
+
+
+def _train(
+    cfg: PretrainConfig,
+    run_dir: Path,
+    resume_ckpt: Path | None,
+    train: Any,
+    method: Any,
+    bank: Any,
+    queries: Any,
+    precision: str,
+    channels_last: bool,
+) -> PretrainModule:
+    """Set up the trainer and module in ``run_dir``, fit, and finish the run folder."""
+    knn_precision = "bf16-mixed" if precision == "bf16-mixed" else "32-true"
+    callbacks, monitor_key = _monitor_callbacks(cfg, bank, queries, knn_precision)
+    callbacks += _checkpoint_callbacks(run_dir / "checkpoints", monitor_key)
+    trainer = _make_trainer(cfg, run_dir, callbacks, monitor_key, precision)
+    world = trainer.world_size
+    steps_per_epoch = _steps_per_epoch(cfg, len(train), world)
     total_steps = total_training_steps(steps_per_epoch, cfg.epochs, cfg.max_steps)
     lr = scaled_lr(cfg.lr, cfg.batch_size * world, cfg.lr_scaling)
-    build_config = {"method": cfg.method, **method.hyperparameters()}
     module = PretrainModule(
         method,
         optimizer=cfg.optimizer,
@@ -297,9 +423,8 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         total_steps=total_steps,
         channels_last=channels_last,
         time_budget_minutes=cfg.max_minutes,
-        build_config=build_config,
+        build_config={"method": cfg.method, **method.hyperparameters()},
     )
-
     heap = cfg.cpu_heap_allocations and not on_gpu(cfg.accelerator) and glibc() is not None
     summary = read_summary(run_dir) if resume_ckpt else {}
     if trainer.is_global_zero and not resume_ckpt:
@@ -321,16 +446,25 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
         )
     if bank is not None and "random_init" not in summary:
         summary["random_init"] = backbone_knn_scores(
-            method.backbone,
-            method.views.preprocess,
-            bank,
-            queries,
-            k=cfg.knn_k,
-            temperature=cfg.knn_temperature,
-            precision=knn_precision,
-        )
+            method.backbone, method.views.preprocess, bank, queries,
+            k=cfg.knn_k, temperature=cfg.knn_temperature, precision=knn_precision,
+        )  # fmt: skip
+    datamodule = _BatchDataModule(train, cfg.batch_size, cfg.seed, cfg.num_workers)
+    with _metrics_parts(run_dir, resumed=resume_ckpt is not None):
+        _fit(trainer, module, datamodule, run_dir, resume_ckpt, heap)
+    if trainer.is_global_zero:
+        _finish_run(run_dir, trainer, module, cfg, summary, callbacks)
+    return module
 
-    start = time.perf_counter()
+
+def _fit(
+    trainer: L.Trainer,
+    module: PretrainModule,
+    datamodule: Any,
+    run_dir: Path,
+    resume_ckpt: Path | None,
+    heap: bool,
+) -> None:
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         with heap_allocations(heap):
@@ -339,14 +473,26 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
             )
     finally:
         os.environ.pop(RUN_DIR_ENV, None)  # only DDP workers started by this fit may read it
-    elapsed = time.perf_counter() - start
-
-    if trainer.is_global_zero:
-        _finish_run(run_dir, trainer, module, cfg, summary, elapsed, callbacks)
-    return module.method, run_dir
 
 
-def _is_main_process() -> bool:
+@contextlib.contextmanager
+def _metrics_parts(run_dir: Path, resumed: bool) -> Iterator[None]:
+    """Lightning's CSV logger starts metrics.csv afresh on resume: the earlier part's rows move
+    to metrics.partN.csv, and come back when the resumed fit logged nothing (a finished run)."""
+    current = run_dir / "metrics.csv"
+    part: Path | None = None
+    if resumed and current.is_file() and is_main_process():
+        part = run_dir / f"metrics.part{len(list(run_dir.glob('metrics.part*.csv')))}.csv"
+        current.rename(part)
+    try:
+        yield
+    finally:
+        if part is not None and not current.exists():
+            part.rename(current)
+
+
+def is_main_process() -> bool:
+    """True in process 0 of a (possibly distributed) run, and in a plain single process."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
@@ -366,14 +512,13 @@ def _finish_run(
     module: PretrainModule,
     cfg: PretrainConfig,
     summary: dict[str, Any],
-    elapsed: float,
     callbacks: list[L.Callback],
 ) -> None:
     from selfsup.export import export_backbone
 
     best = run_dir / "checkpoints" / "best.ckpt"
     if best.is_file():  # the epoch chosen on the val kNN, never a later collapsed one
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_checkpoint_file(best, trust=cfg.trust_checkpoint)["state_dict"]
         module.load_state_dict(state)
     method = module.method
     export_backbone(method, run_dir)
@@ -394,9 +539,11 @@ def _finish_run(
         {
             "method": cfg.method,
             "backbone": cfg.backbone,
+            "data": cfg.data,
             "epochs_completed": trainer.current_epoch,
             "steps": trainer.global_step,
-            "train_seconds": summary.get("train_seconds", 0.0) + elapsed,
+            # every segment of a resumed run, kept in the checkpoints
+            "train_seconds": module.train_seconds(),
         }
     )
     write_summary(run_dir, summary)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ def _default_cache(run: Path, data: str, split: str | None) -> Path | None:
 
 def cmd_wafers_similar(args: argparse.Namespace) -> int:
     """``selfsup wafers similar``: the k maps most like a query, as a table and a PNG grid."""
-    from selfsup.cli import load_trained
+    from selfsup.artifacts import load_trained
     from selfsup.data.wm811k_pickles import WaferMaps, to_dataset
 
     if args.k < 1:
@@ -151,7 +152,9 @@ def cmd_wafers_similar(args: argparse.Namespace) -> int:
         query_map = _read_query_map(Path(args.query))
         query_title = f"query {Path(args.query).name}"
 
-    backbone, preprocess, meta = load_trained(args.run, args.checkpoint)
+    backbone, preprocess, meta = load_trained(
+        args.run, args.checkpoint, trust_checkpoint=args.trust_checkpoint
+    )
     encoding, image_size = _encoding_for(meta), int(meta["image_size"])
     cache = None
     if not args.no_cache:
@@ -197,19 +200,16 @@ def cmd_wafers_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_wafer_commands(subparsers: Any) -> None:
-    """Add ``wafers similar`` and ``wafers synth`` to the ``selfsup`` parser's subcommands."""
+def add_wafer_commands(
+    subparsers: Any, add_load_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Add ``wafers similar`` and ``wafers synth`` to the ``selfsup`` parser's subcommands;
+    ``add_load_args`` adds RUN, --checkpoint and --trust-checkpoint."""
     p = subparsers.add_parser("wafers", help="wafer-map tools: similarity search, synthetic maps")
     sub = p.add_subparsers(dest="wafers_command", required=True)
 
     s = sub.add_parser("similar", help="the k wafer maps most similar to a query, as a PNG grid")
-    s.add_argument("run", help="run folder, export folder or .ckpt file")
-    s.add_argument(
-        "--checkpoint",
-        default="auto",
-        choices=["auto", "best", "last"],
-        help="auto: the exported backbone, else the last checkpoint",
-    )
+    add_load_args(s)  # RUN, --checkpoint, --trust-checkpoint
     s.add_argument("--query", required=True, help="index into the data, or a 2-D .npy map")
     s.add_argument(
         "--data",
