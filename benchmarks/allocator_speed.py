@@ -35,8 +35,8 @@ def measure(backbone_name: str, setting: str, steps: int) -> dict[str, Any]:
     import torch
 
     from selfsup.backbones import build_backbone
-    from selfsup.train.allocator import heap_allocations
-    from selfsup.train.precision import resolve_precision
+    from selfsup.runtime.allocator import heap_allocations
+    from selfsup.runtime.precision import resolve_precision
 
     torch.manual_seed(0)
     channels = IN_CHANNELS.get(backbone_name, 3)

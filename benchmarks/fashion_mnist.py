@@ -46,7 +46,7 @@ from selfsup.config import PretrainConfig, apply_overrides  # noqa: E402
 from selfsup.data import ImageDataset, is_idx_folder, load_dataset  # noqa: E402
 from selfsup.eval import extract_features, knn_evaluate, linear_probe  # noqa: E402
 from selfsup.eval.protocol import VAL_FRACTION, validation_indices  # noqa: E402
-from selfsup.train.precision import resolve_precision  # noqa: E402
+from selfsup.runtime.precision import resolve_precision  # noqa: E402
 from selfsup.train.pretrain import build_method  # noqa: E402
 
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"

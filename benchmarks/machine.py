@@ -18,7 +18,7 @@ def machine_line() -> str:
                     break
     except OSError:
         pass
-    from selfsup.train.precision import cpu_supports_bf16
+    from selfsup.runtime.precision import cpu_supports_bf16
 
     # the vector unit decides CPU speed: the same cloud "AMD EPYC" has come with AVX2 only
     # and with AVX-512 + AVX512-BF16 (where bf16-mixed is 2-3x faster than fp32)

@@ -11,7 +11,7 @@ generated images (random 32x32 RGB uint8) with the same backbone module:
   ``Trainer`` as ``selfsup pretrain``, with its defaults: uint8 batches gathered by index,
   batched per-sample views on the device, precision "auto" (bf16-mixed where the hardware
   computes bf16), channels_last for conv nets, one backbone pass for both views, and on CPU
-  glibc's large blocks kept for reuse between steps (``selfsup.train.allocator``).
+  glibc's large blocks kept for reuse between steps (``selfsup.runtime.allocator``).
 - ``lightly fp32``: lightly's documented SimCLR example: ``SimCLRTransform`` per PIL image in
   ``DataLoader`` workers, ``SimCLRProjectionHead``, ``NTXentLoss``, SGD, fp32, one backbone
   pass per view. Augmentation as selfsup's CIFAR recipe: ``cj_strength=0.5`` (jitter 0.4,
@@ -183,9 +183,9 @@ def run_selfsup(case: Case, warmup: int, steps: int, device: str) -> dict[str, A
     import selfsup
     from selfsup.data import ImageDataset, make_dataloader
     from selfsup.data.loader import pin_memory_for
-    from selfsup.train.allocator import heap_allocations
+    from selfsup.runtime.allocator import heap_allocations
+    from selfsup.runtime.precision import resolve_channels_last, resolve_precision
     from selfsup.train.module import PretrainModule
-    from selfsup.train.precision import resolve_channels_last, resolve_precision
 
     images = generated_images((warmup + steps + 1) * BATCH)
     dataset = ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
@@ -291,7 +291,7 @@ def bare_backbone_step(
 def views_time(method: Any, batch: Any, device: str, repeats: int = 5) -> float:
     """Median seconds for ``method.views`` on one uint8 batch (both views), with the
     trainer's thread choice."""
-    from selfsup.train.precision import views_threads
+    from selfsup.runtime.precision import views_threads
 
     batch = batch.to(device)
     times = []
@@ -565,7 +565,7 @@ def choose_recipes(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def native_bf16(device: str) -> bool:
     import torch
 
-    from selfsup.train.precision import cpu_supports_bf16
+    from selfsup.runtime.precision import cpu_supports_bf16
 
     return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_supports_bf16()
 

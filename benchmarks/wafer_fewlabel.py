@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_line  # noqa: E402
 
 import selfsup  # noqa: E402
+from selfsup.artifacts import load_method_from_checkpoint  # noqa: E402
 from selfsup.config import apply_overrides  # noqa: E402
 from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
 from selfsup.eval.finetune import finetune  # noqa: E402
 from selfsup.eval.progress import Progress  # noqa: E402
-from selfsup.export import load_method_from_checkpoint  # noqa: E402
-from selfsup.train.precision import resolve_precision  # noqa: E402
+from selfsup.runtime.precision import resolve_precision  # noqa: E402
 
 LABEL_SPLITS = ("train_1", "train_10", "train_20")
 SPLIT_LABEL = {"train_1": "1 %", "train_10": "10 %", "train_20": "20 %"}

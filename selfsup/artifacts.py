@@ -1,10 +1,119 @@
-"""What a trained run hands over, loaded back: the backbone and its preprocessing from a run
-folder, an export folder or a checkpoint (read safely), and the view recipe it expects."""
+"""What a run hands over, and loading it back: the exported backbone (``backbone.safetensors`` +
+``backbone.json``, loadable without the method), the trained method from a checkpoint (read
+safely), and the backbone with its preprocessing from a run folder, export folder or ``.ckpt``."""
+
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from selfsup.backbones import Backbone, build_backbone
+from selfsup.runtime.files import CheckpointError, atomic_write_text, load_checkpoint_file
+
+WEIGHTS = "backbone.safetensors"
+META = "backbone.json"
+
+
+def backbone_metadata(method: Any) -> dict[str, Any]:
+    """What ``load_backbone`` needs to rebuild the backbone and preprocess images for it."""
+    kwargs = method.hyperparameters()
+    views = method.views
+    return {
+        "name": method.backbone.name,
+        "backbone_kwargs": kwargs.get("backbone_kwargs", {}),
+        "in_channels": method.in_channels,  # of the data the views take
+        "backbone_in_channels": method.backbone.in_channels,
+        "wafer_encoding": getattr(views, "encoding", "codes"),
+        "feature_dim": method.backbone.feature_dim,
+        "image_size": method.image_size,
+        "view_style": method.view_style,
+        "method": getattr(method, "method_name", None),
+        "mean": list(getattr(views, "mean", []) or []),
+        "std": list(getattr(views, "std", []) or []),
+    }
+
+
+def export_backbone(method: Any, out_dir: str | Path) -> Path:
+    """Write the backbone weights and metadata into ``out_dir``; returns the weights path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in method.backbone.state_dict().items()}
+    tmp = out_dir / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out_dir / WEIGHTS)
+    atomic_write_text(out_dir / META, json.dumps(backbone_metadata(method), indent=2) + "\n")
+    return out_dir / WEIGHTS
+
+
+def load_backbone(path: str | Path) -> Backbone:
+    """Rebuild an exported backbone from a folder (or its .safetensors/.json file), in eval mode.
+
+    The returned module has ``feature_dim``, ``in_channels`` and a ``metadata`` dict
+    (image_size, view_style, normalisation) to preprocess new images the way training did.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta_path, weights_path = folder / META, folder / WEIGHTS
+    for needed in (meta_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"exported backbone '{folder}' has no {needed.name}")
+    meta = json.loads(meta_path.read_text())
+    name = meta["name"]
+    kwargs = dict(meta.get("backbone_kwargs") or {})
+    if name.startswith("cifar_") and name[len("cifar_") :].startswith("resnet"):
+        kwargs.pop("cifar_stem", None)
+    channels = meta.get("backbone_in_channels", meta["in_channels"])
+    backbone = build_backbone(name, channels, **kwargs)
+    state = load_file(str(weights_path))
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"'{weights_path}' does not match backbone '{name}': "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    backbone.metadata = meta
+    return backbone.eval()
+
+
+def load_method_from_checkpoint(
+    ckpt_path: str | Path, map_location: str = "cpu", *, trust: bool = False
+) -> Any:
+    """Rebuild the trained Method from a Lightning checkpoint written by ``selfsup pretrain``.
+
+    The file is read without running code from it (``weights_only``); ``trust=True`` allows
+    full unpickling for a checkpoint from elsewhere that the user vouches for.
+    """
+    from selfsup.methods import build
+
+    ckpt_path = Path(ckpt_path)
+    ckpt = load_checkpoint_file(ckpt_path, trust=trust, map_location=map_location)
+    hparams = ckpt.get("hyper_parameters")
+    build_config = hparams.get("build_config") if isinstance(hparams, dict) else None
+    state = ckpt.get("state_dict")
+    if not isinstance(build_config, dict) or "method" not in build_config:
+        raise CheckpointError(
+            f"'{ckpt_path}' is not a selfsup checkpoint: it has no hyper_parameters.build_config "
+            "(written by selfsup pretrain)"
+        )
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{ckpt_path}' is not a selfsup checkpoint: it has no state_dict")
+    build_config = dict(build_config)
+    method = build(build_config.pop("method"), **build_config)
+    prefix = "method."
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        method.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"'{ckpt_path}': its weights do not fit the method it names ({first})"
+        ) from err
+    return method
+
 
 
 def load_trained(
@@ -16,8 +125,6 @@ def load_trained(
     ``checkpoint`` = best | last picks a checkpoint explicitly. Checkpoints are read without
     running code from them unless ``trust_checkpoint`` (see ``load_checkpoint_file``).
     """
-    from selfsup.export import META, backbone_metadata, load_backbone, load_method_from_checkpoint
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"'{path}' does not exist (expected a run folder or export)")

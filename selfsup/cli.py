@@ -91,7 +91,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from selfsup.export import export_backbone, load_method_from_checkpoint
+    from selfsup.artifacts import export_backbone, load_method_from_checkpoint
 
     run = Path(args.run)
     ckpt = run if run.suffix == ".ckpt" else run / "checkpoints" / f"{args.checkpoint}.ckpt"

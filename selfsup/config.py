@@ -84,7 +84,7 @@ def _optimizers() -> tuple[str, ...]:
 
 
 def _precisions() -> tuple[str, ...]:
-    from selfsup.train.precision import PRECISIONS
+    from selfsup.runtime.precision import PRECISIONS
 
     return PRECISIONS
 
@@ -113,7 +113,7 @@ def _available_accelerator(value: str) -> str | None:
         return f"must be one of {', '.join(ACCELERATORS)}"
     import torch
 
-    from selfsup.train.precision import on_gpu
+    from selfsup.runtime.precision import on_gpu
 
     if value != "auto" and on_gpu(value) and not torch.cuda.is_available():
         raise ValueError(
@@ -173,11 +173,11 @@ class PretrainConfig:
     # [0, 1): SGD/LARS momentum (AdamW ignores it); at 1 and above old gradients never fade
     momentum: float = checked(0.9, within(0, 1))
     warmup_epochs: float = checked(0.5, at_least(0))  # >= 0
-    # auto | bf16-mixed | 16-mixed | 32-true | 32 (train/precision.py PRECISIONS)
+    # auto | bf16-mixed | 16-mixed | 32-true | 32 (runtime/precision.py PRECISIONS)
     precision: str = checked("auto", one_of(_precisions))
     channels_last: bool | None = None  # None: on when it helps (conv backbone, mixed precision)
     # CPU training with glibc: keep freed tensor memory for the next step instead of page-faulting
-    # it in again (selfsup/train/allocator.py); ignored on GPUs
+    # it in again (selfsup/runtime/allocator.py); ignored on GPUs
     cpu_heap_allocations: bool = True
     # "auto", a number of devices >= 1 (int or string), or GPU ids as a string: "0,1"
     devices: str | int = checked("auto", _device_count_or_ids)

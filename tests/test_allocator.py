@@ -11,8 +11,8 @@ import resource
 import pytest
 import torch
 
-from selfsup.train import allocator
-from selfsup.train.allocator import glibc, heap_allocations
+from selfsup.runtime import allocator
+from selfsup.runtime.allocator import glibc, heap_allocations
 
 BLOCK_BYTES = 64 * 2**20  # above glibc's largest mmap threshold (32 MiB): always a fresh mmap
 PAGES = BLOCK_BYTES // 4096

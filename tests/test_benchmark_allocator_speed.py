@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from selfsup.train.allocator import glibc
+from selfsup.runtime.allocator import glibc
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "allocator_speed.py"
 

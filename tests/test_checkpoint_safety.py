@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from selfsup.cli import main
-from selfsup.train.checkpoint import (
+from selfsup.runtime.files import (
     CheckpointError,
     UntrustedCheckpointError,
     load_checkpoint_file,

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import selfsup
+from selfsup.artifacts import load_method_from_checkpoint
 from selfsup.cli import main
 from selfsup.data import ImageDataset
 from selfsup.data.dataset import CHANNEL_CONVERSIONS, WAFER_AS_GREY
 from selfsup.eval.commands import _match_styles
-from selfsup.export import load_method_from_checkpoint
 
 
 def pretrain_args(train, val, out, *extra):

@@ -146,7 +146,7 @@ def test_probe_head_init_starts_from_the_linear_probe():
 
 def test_cpu_fine_tuning_steps_run_with_heap_allocations(monkeypatch):
     from selfsup.eval import finetune as finetune_module
-    from selfsup.train.allocator import heap_allocations
+    from selfsup.runtime.allocator import heap_allocations
 
     entered, augmented_inside = [], []
 

@@ -13,7 +13,7 @@ import selfsup.data.folder_cache as folder_cache
 from selfsup.data import BatchLoader, ImageDataset, load_image_folder
 from selfsup.data.folders import decode_image
 from selfsup.data.loader import pin_memory_for
-from selfsup.train.precision import SMALL_VIEWS_ELEMENTS, views_threads
+from selfsup.runtime.precision import SMALL_VIEWS_ELEMENTS, views_threads
 
 # --- decoded-folder cache ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import selfsup
-from selfsup.train.checkpoint import atomic_torch_save
+from selfsup.runtime.files import atomic_torch_save
 from selfsup.train.module import NonFiniteLossError, PretrainModule
 
 
@@ -74,8 +74,8 @@ def test_pretrain_writes_self_describing_run_folder(labelled_npz, tmp_path):
 def test_training_runs_inside_the_cpu_heap_allocator_setting(
     labelled_npz, tmp_path, monkeypatch, setting
 ):
+    from selfsup.runtime.allocator import glibc, heap_allocations
     from selfsup.train import pretrain as pretrain_module
-    from selfsup.train.allocator import glibc, heap_allocations
 
     entered = []
 
@@ -272,7 +272,7 @@ def test_keyword_none_overrides_config_defaults(tmp_path):
 
 
 def test_collapse_stops_training_and_the_export_is_the_best_val_epoch(labelled_npz, tmp_path):
-    from selfsup.export import load_backbone
+    from selfsup.artifacts import load_backbone
 
     train, val = labelled_npz
     # every epoch counts as collapsed with this threshold: training must end after the first

@@ -103,7 +103,7 @@ def test_grid_png_size_and_colours(tmp_path):
 @pytest.fixture
 def exported(tmp_path):
     import selfsup
-    from selfsup.export import export_backbone
+    from selfsup.artifacts import export_backbone
 
     torch.manual_seed(0)
     method = selfsup.build(

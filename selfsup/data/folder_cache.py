@@ -114,7 +114,7 @@ def _writer_tag() -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    # not selfsup.train.checkpoint.atomic_write_text: its temporary name carries no
+    # not selfsup.runtime.files.atomic_write_text: its temporary name carries no
     # "<pid>@<host>", so remove_stale_temporaries could not tell whose it is
     tmp = path.with_name(f"{path.name}.{_writer_tag()}.tmp")
     tmp.write_text(text)

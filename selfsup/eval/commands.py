@@ -116,7 +116,7 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
 
 def _write_record(run: str, name: str, record: dict[str, Any]) -> None:
     """Write ``RUN/<name>.json`` when the run is a folder and say where (or why not)."""
-    from selfsup.train.checkpoint import atomic_write_text
+    from selfsup.runtime.files import atomic_write_text
 
     folder = Path(run)
     if not folder.is_dir():

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.eval.progress import Progress, resolve_progress
-from selfsup.train.precision import resolve_precision
+from selfsup.runtime.precision import resolve_precision
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

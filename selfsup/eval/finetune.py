@@ -25,7 +25,7 @@ from selfsup.eval.features import extract_features
 from selfsup.eval.metrics import classification_metrics, macro_f1
 from selfsup.eval.probe import folded_linear, linear_probe
 from selfsup.eval.progress import Progress, resolve_progress
-from selfsup.train.allocator import heap_allocations
+from selfsup.runtime.allocator import heap_allocations
 from selfsup.train.optim import parameter_groups, warmup_cosine
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from selfsup.artifacts import META
 from selfsup.data.dataset import WAFER_SPECS, ImageDataset
 from selfsup.eval.embedding_map import (
     nearest_neighbours,
@@ -42,8 +43,7 @@ from selfsup.eval.run_curves import (
     plot_training,
     read_metrics,
 )
-from selfsup.export import META
-from selfsup.train.checkpoint import atomic_write_text
+from selfsup.runtime.files import atomic_write_text
 
 log = logging.getLogger("selfsup.eval")
 
@@ -255,7 +255,7 @@ def evaluation_plots(
     """(report lines, {plot key: outcome}) for the four plots that need labelled data."""
     keys = ("confusion", "pca", "tsne", "retrieval")
     from selfsup.artifacts import load_trained
-    from selfsup.train.checkpoint import UntrustedCheckpointError
+    from selfsup.runtime.files import UntrustedCheckpointError
 
     try:
         backbone, preprocess, meta = load_trained(run_dir, trust_checkpoint=trust_checkpoint)

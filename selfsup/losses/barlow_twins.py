@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from selfsup.losses.distributed import gather
 from selfsup.losses.precision import float32_loss
+from selfsup.runtime.distributed import gather
 
 _BATCH_NORM_EPS = 1e-5  # as the paper's nn.BatchNorm1d(affine=False)
 

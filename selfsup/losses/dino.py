@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from selfsup.losses.distributed import all_reduce_mean
 from selfsup.losses.precision import float32_loss
+from selfsup.runtime.distributed import all_reduce_mean
 
 
 @float32_loss

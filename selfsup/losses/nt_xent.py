@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from selfsup.losses.distributed import gather, local_rows
 from selfsup.losses.precision import float32_loss
+from selfsup.runtime.distributed import gather, local_rows
 
 
 @float32_loss

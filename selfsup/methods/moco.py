@@ -10,9 +10,9 @@ from torch.nn import functional as F
 
 from selfsup.heads import mlp
 from selfsup.losses import infonce_queue_loss
-from selfsup.losses.distributed import gather_no_grad
 from selfsup.methods.base import LossOutput, embedding_std, register
 from selfsup.methods.momentum import MomentumMethod
+from selfsup.runtime.distributed import gather_no_grad
 
 
 class KeyQueue(nn.Module):

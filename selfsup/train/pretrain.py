@@ -15,12 +15,13 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-import selfsup
 from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig, load_yaml, resolve_config
 from selfsup.data.dataset import absolute_spec, spec_kind
-from selfsup.methods import METHODS
-from selfsup.train.allocator import glibc, heap_allocations
+from selfsup.methods import METHODS, build
+from selfsup.runtime.allocator import glibc, heap_allocations
+from selfsup.runtime.files import load_checkpoint_file
+from selfsup.runtime.precision import on_gpu, resolve_channels_last, resolve_precision
 from selfsup.train.callbacks import (
     CollapseMonitor,
     KNNMonitor,
@@ -28,10 +29,9 @@ from selfsup.train.callbacks import (
     ThroughputMonitor,
     backbone_knn_scores,
 )
-from selfsup.train.checkpoint import AtomicCheckpointIO, load_checkpoint_file
+from selfsup.train.checkpoint import AtomicCheckpointIO
 from selfsup.train.module import PretrainModule, total_training_steps, warmup_steps_for
 from selfsup.train.optim import scaled_lr
-from selfsup.train.precision import on_gpu, resolve_channels_last, resolve_precision
 from selfsup.train.runfolder import new_run_dir, read_summary, write_config, write_summary
 
 log = logging.getLogger("selfsup.train")
@@ -165,7 +165,7 @@ def build_method(cfg: PretrainConfig, train: Any) -> Any:
         BACKBONES.check_kwargs(
             cfg.backbone, cfg.backbone_kwargs, "backbone_kwargs", reserved=["in_channels"]
         )
-    return selfsup.build(cfg.method, **base, **cfg.method_kwargs)
+    return build(cfg.method, **base, **cfg.method_kwargs)
 
 
 def prepared_method(cfg: PretrainConfig, train: Any) -> tuple[Any, str, bool]:
@@ -514,7 +514,7 @@ def _finish_run(
     summary: dict[str, Any],
     callbacks: list[L.Callback],
 ) -> None:
-    from selfsup.export import export_backbone
+    from selfsup.artifacts import export_backbone
 
     best = run_dir / "checkpoints" / "best.ckpt"
     if best.is_file():  # the epoch chosen on the val kNN, never a later collapsed one

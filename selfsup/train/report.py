@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfsup.train.checkpoint import atomic_write_text
+from selfsup.runtime.files import atomic_write_text
 
 
 def knn_comparison_table(summary: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from selfsup.train.checkpoint import atomic_write_text
+from selfsup.runtime.files import atomic_write_text
 
 
 def versions() -> dict[str, str]:
@@ -21,10 +21,10 @@ def versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    import selfsup
+    from selfsup.version import __version__
 
     found = {
-        "selfsup": selfsup.__version__,
+        "selfsup": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "lightning": lightning.__version__,
