@@ -386,3 +386,18 @@ def test_resume_bookkeeping(labelled_npz, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no longer exists" in err and "--data" in err
     assert main(["pretrain", "--resume", str(run), "--data", str(moved), "--no-progress"]) == 0
+
+
+def test_pretrain_on_a_dataset_in_memory(labelled_npz, tmp_path):
+    from selfsup.data import load_dataset
+
+    train, val = labelled_npz
+    data = load_dataset(str(train), image_size=16)
+    cfg = tiny_config("unused", val, tmp_path, epochs=1)
+    _, run = selfsup.pretrain(cfg, dataset=data)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"].startswith("memory:")
+    with pytest.raises(ValueError, match="pass it again as dataset="):
+        selfsup.pretrain(resume=str(run), epochs=2, progress_bar=False)
+    selfsup.pretrain(resume=str(run), epochs=2, progress_bar=False, dataset=data)
+    assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 2

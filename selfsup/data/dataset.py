@@ -26,6 +26,8 @@ from torch import Tensor
 
 STYLES = ("natural", "wafer")
 WAFER_SPECS = ("wafers", "wm811k")
+# data handed over as an object (``pretrain(dataset=...)``) is recorded as "memory:<what>"
+MEMORY_PREFIX = "memory:"
 ARRAY_SUFFIXES = (".npy", ".npz")
 IDX_SPLITS = ("train", "test")
 SPEC_HELP = (
@@ -242,6 +244,8 @@ def spec_kind(spec: str) -> str:
     """What a data spec names: "wafers", "idx", "folder" or "arrays" (errors name the spec)."""
     if spec.lower() in WAFER_SPECS:
         return "wafers"
+    if spec.startswith(MEMORY_PREFIX):
+        return "memory"
     base, split = split_spec(spec)
     path = Path(base).expanduser()
     if path.is_dir():
@@ -311,6 +315,11 @@ def load_dataset(
     """
     spec = str(spec)
     kind = spec_kind(spec)
+    if kind == "memory":
+        raise ValueError(
+            f"data '{spec}' was handed over as an object: pass it again as dataset=... "
+            "(e.g. selfsup.pretrain(resume=RUN, dataset=...))"
+        )
     if split is not None and kind not in ("wafers", "wafer_file", "idx"):
         raise ValueError(
             f"split='{split}' applies to the built-in wafers only (or to an IDX folder: "

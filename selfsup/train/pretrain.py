@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig, load_yaml, resolve_config
-from selfsup.data.dataset import absolute_spec, spec_kind
+from selfsup.data.dataset import MEMORY_PREFIX, ImageDataset, absolute_spec, spec_kind
 from selfsup.methods import METHODS, build
 from selfsup.runtime.allocator import glibc, heap_allocations
 from selfsup.runtime.files import load_checkpoint_file
@@ -343,30 +343,31 @@ def _steps_per_epoch(cfg: PretrainConfig, images: int, world: int) -> int:
     return steps
 
 
-def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
+def pretrain(
+    config: Any = None, *, dataset: ImageDataset | None = None, **kwargs: Any
+) -> tuple[Any, Path]:
     """Pretrain a method; returns ``(method, run_dir)``.
 
     ``config`` is a PretrainConfig, a dict, a YAML path or None; keyword arguments override it.
+    ``dataset`` trains on data already in memory instead of ``config.data`` (recorded in the
+    config as ``memory:<description>``; a resumed run needs it handed over again).
     ``resume`` (a run folder or .ckpt) continues a killed run with that run's saved config.
     A fresh run whose start fails (bad settings, no GPU, data too small for the batch) or that
     ends before its first checkpoint leaves no run folder behind.
     """
-    from selfsup.data import load_dataset
-
     cfg = _as_config(config, kwargs)
     resume_ckpt: Path | None = None
     run_dir: Path | None = Path(os.environ[RUN_DIR_ENV]) if RUN_DIR_ENV in os.environ else None
     if cfg.resume:
         cfg, run_dir, resume_ckpt = _resumed_config(cfg, _explicit_keys(config, kwargs))
+    elif dataset is not None:
+        cfg.data = f"{MEMORY_PREFIX}{dataset.source or type(dataset).__name__}"
     else:
         cfg.data = absolute_spec(cfg.data)  # the saved run finds it from any directory
-        cfg.val_data = absolute_spec(cfg.val_data) if cfg.val_data else cfg.val_data
+    cfg.val_data = absolute_spec(cfg.val_data) if cfg.val_data else cfg.val_data
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    split = cfg.train_split if _has_splits(cfg.data) else None
-    train = load_dataset(
-        cfg.data, image_size=cfg.image_size, in_channels=cfg.in_channels, split=split
-    )
+    train = dataset if dataset is not None else _training_data(cfg)
     _steps_per_epoch(cfg, len(train), _expected_world_size(cfg))  # before any folder exists
     method, precision, channels_last = prepared_method(cfg, train)
     bank, queries = _monitor_data(cfg, train)
@@ -381,6 +382,15 @@ def pretrain(config: Any = None, **kwargs: Any) -> tuple[Any, Path]:
             _remove_unstarted_run(run_dir)
         raise
     return module.method, run_dir
+
+
+def _training_data(cfg: PretrainConfig) -> ImageDataset:
+    from selfsup.data import load_dataset
+
+    split = cfg.train_split if _has_splits(cfg.data) else None
+    return load_dataset(
+        cfg.data, image_size=cfg.image_size, in_channels=cfg.in_channels, split=split
+    )
 
 
 def _remove_unstarted_run(run_dir: Path) -> None:
