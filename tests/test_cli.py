@@ -10,9 +10,9 @@ import torch
 import selfsup
 from selfsup.artifacts import load_method_from_checkpoint
 from selfsup.cli import main
+from selfsup.cli.eval import _match_styles
 from selfsup.data import ImageDataset
 from selfsup.data.dataset import CHANNEL_CONVERSIONS, WAFER_AS_GREY
-from selfsup.eval.commands import _match_styles
 
 
 def pretrain_args(train, val, out, *extra):

@@ -6,7 +6,7 @@ import torch
 
 from selfsup.backbones import build_backbone
 from selfsup.cli import main
-from selfsup.eval.commands import label_fraction
+from selfsup.cli.eval import label_fraction
 from selfsup.eval.finetune import class_weights, finetune, probe_head, stratified_fraction
 from selfsup.eval.progress import Progress, format_seconds
 

@@ -302,8 +302,7 @@ def test_views_dict_sets_recipe_parameters_and_survives_a_rebuild():
 
 
 def test_fail_mask_method_has_a_two_channel_backbone_and_exports_it(tmp_path):
-    from selfsup.artifacts import export_backbone, load_backbone
-    from selfsup.cli import preprocess_for
+    from selfsup.artifacts import export_backbone, load_backbone, preprocess_for
 
     method = selfsup.build(
         "fastsiam", backbone="convnet_tiny", in_channels=1, image_size=16, view_style="wafer",

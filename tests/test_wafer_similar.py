@@ -144,7 +144,7 @@ def test_cli_similar_by_index_and_by_npy(exported, tmp_path, capsys):
     with pytest.raises(ValueError, match="codes 0/1/2"):
         run_cli([*argv, "--data", "synthetic:60", "--out", str(out)])
     argv = ["wafers", "similar", str(exported), "--query", "60", "--data", "synthetic:60"]
-    with pytest.raises(ValueError, match="--query 60 is out of range"):
+    with pytest.raises(ValueError, match="query 60 is out of range"):
         run_cli([*argv, "--out", str(out)])
 
 

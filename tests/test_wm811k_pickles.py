@@ -367,7 +367,7 @@ def test_converted_full_file_is_a_data_spec_for_pretraining(tmp_path, caplog):
 
 
 def test_fail_mask_input_from_the_config_end_to_end(tmp_path):
-    from selfsup.cli import load_trained
+    from selfsup.artifacts import load_trained
 
     path = write_wafer_npz(small_maps(["Training", "", "Test", "Training"]), tmp_path / "w.npz")
     _, run = selfsup.pretrain(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.artifacts import load_trained, recipe_for
+from selfsup.cli.common import FORMATTER, add_load_args
 from selfsup.config import apply_overrides
 from selfsup.data.dataset import WAFER_SPECS
 
@@ -381,7 +382,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
     p.add_argument("--test-data", help="other data: test set (needed for folders and arrays)")
     p.add_argument(
         "--label-fraction", type=label_fraction, default=1.0, metavar="FRACTION",
-        help="stratified share of the train labels to use, in (0, 1] (default 1)",
+        help="stratified share of the train labels to use, in (0, 1]",
     )  # fmt: skip
     if not transfer:
         p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
@@ -401,14 +402,17 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
     p.add_argument("--seed", type=int, default=0)
 
 
-def add_eval_commands(sub: Any, add_load_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    """``selfsup eval knn | linear | mlp | finetune | transfer`` on the ``selfsup`` subparsers;
-    ``add_load_args`` adds RUN and --checkpoint."""
+def add_eval_commands(sub: Any) -> None:
+    """``selfsup eval knn | linear | mlp | finetune | transfer`` on the ``selfsup`` subparsers."""
     from selfsup.data.dataset import SPEC_HELP
 
-    p = sub.add_parser("eval", help="evaluate a run or exported backbone")
+    p = sub.add_parser(
+        "eval", help="evaluate a run or exported backbone", formatter_class=FORMATTER
+    )
     eval_sub = p.add_subparsers(dest="protocol", required=True)
-    k = eval_sub.add_parser("knn", help="weighted kNN (cosine, exp(sim/t))")
+    k = eval_sub.add_parser(
+        "knn", help="weighted kNN (cosine, exp(sim/t))", formatter_class=FORMATTER
+    )
     add_load_args(k)
     k.add_argument("--data", default="wafers", help=f"labelled data that votes: {SPEC_HELP}")
     k.add_argument("--bank-split", help="split that votes (wafers, IDX: train)")
@@ -423,7 +427,9 @@ def add_eval_commands(sub: Any, add_load_args: Callable[[argparse.ArgumentParser
         ("finetune", "backbone + linear head trained on the labels"),
         ("transfer", "a probe on other labelled data, at the backbone's size and channels"),
     ):
-        e = eval_sub.add_parser(protocol, help=f"{text}; chosen on val, test scored once")
+        e = eval_sub.add_parser(
+            protocol, help=f"{text}; chosen on val, test scored once", formatter_class=FORMATTER
+        )
         add_load_args(e)
         _add_protocol_args(e, transfer=protocol == "transfer")
         e.set_defaults(func=cmd_eval_transfer if protocol == "transfer" else cmd_eval_supervised)
