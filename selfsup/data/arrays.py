@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from selfsup.data.dataset import STYLES, ImageDataset
+from selfsup.data.image_dataset import STYLES, ImageDataset
 from selfsup.data.wafers import nearest_index
 
 log = logging.getLogger("selfsup.data")

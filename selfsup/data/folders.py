@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from selfsup.data.dataset import ImageDataset
 from selfsup.data.folder_cache import (
     cache_file,
     default_cache_dir,
@@ -32,6 +31,7 @@ from selfsup.data.folder_cache import (
     read_cache,
     remove_stale_temporaries,
 )
+from selfsup.data.image_dataset import ImageDataset
 
 log = logging.getLogger("selfsup.data")
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from selfsup.data.arrays import resize_bilinear, to_label_indices, to_uint8
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 
 IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),

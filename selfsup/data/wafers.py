@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 from selfsup.data.wafers import resize_flat_maps
 
 LOG = logging.getLogger("selfsup.data")

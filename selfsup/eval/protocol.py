@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 from selfsup.eval.finetune import stratified_fraction
 
 VAL_FRACTION = 0.1
