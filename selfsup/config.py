@@ -42,6 +42,11 @@ CLI_OPTIONS = {
     "seed": "--seed",
     "trust_checkpoint": "--trust-checkpoint",
 }
+# keys of earlier versions -> what they are called now (refused with this message)
+RENAMED_KEYS = {
+    "momentum": "'sgd_momentum' (the optimizer's momentum; EMA rates of momentum encoders are "
+    "the methods' base_momentum)",
+}
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's names
 # convnet_tiny, convnet_small and the cifar_resnets downsample 8x (three stride-2 stages), so at
 # 8 px their last stage works on a 1x1 map; below 8 px that stage has no spatial extent left to
@@ -138,10 +143,8 @@ class PretrainConfig:
     """Everything a pretraining run depends on. Saved as ``config.yaml`` in the run folder.
 
     The defaults are the README's main job: SimCLR on the built-in WM-811K wafer maps at 32 px
-    with a small conv net, sized to finish in about 20 minutes on a 2-core fp32 CPU (6 minutes
-    measured with native bf16; less on a GPU). (SimCLR, not
-    FastSiam, since 2026-12-02: on these maps two SimCLR runs reached val kNN k=5 0.78 where
-    FastSiam runs reached 0.66-0.71, with half the views per step; docs/benchmarks.md.)
+    with a small conv net, sized for a few minutes to tens of minutes on a 2-core CPU (the
+    measured times and why SimCLR is the default are in docs/benchmarks.md).
 
     Each field's comment gives its allowed range; constructing a config checks them.
     """
@@ -171,7 +174,7 @@ class PretrainConfig:
     lr_scaling: str = checked("linear", _known_lr_scaling)
     weight_decay: float = checked(5e-4, at_least(0))  # >= 0
     # [0, 1): SGD/LARS momentum (AdamW ignores it); at 1 and above old gradients never fade
-    momentum: float = checked(0.9, within(0, 1))
+    sgd_momentum: float = checked(0.9, within(0, 1))
     warmup_epochs: float = checked(0.5, at_least(0))  # >= 0
     # auto | bf16-mixed | 16-mixed | 32-true | 32 (runtime/precision.py PRECISIONS)
     precision: str = checked("auto", one_of(_precisions))
@@ -235,6 +238,8 @@ class PretrainConfig:
             return f" (from {origin})" if origin else ""
 
         known = cls.field_names()
+        for old in sorted(set(values) & set(RENAMED_KEYS)):
+            raise ValueError(f"config key '{old}'{where(old)} is now {RENAMED_KEYS[old]}")
         unknown = sorted(set(values) - set(known))
         if unknown:
             keys = ", ".join(f"'{k}'{where(k)}{did_you_mean(k, known)}" for k in unknown)

@@ -55,8 +55,8 @@ OUT_OF_RANGE = [
     ("lr", -1, "> 0"),
     ("lr", 0.0, "> 0"),
     ("weight_decay", -0.1, ">= 0"),
-    ("momentum", 1.0, "[0, 1)"),
-    ("momentum", -0.5, "[0, 1)"),
+    ("sgd_momentum", 1.0, "[0, 1)"),
+    ("sgd_momentum", -0.5, "[0, 1)"),
     ("warmup_epochs", -1, ">= 0"),
     ("image_size", 1, f">= {MIN_IMAGE_SIZE}"),
     ("image_size", MIN_IMAGE_SIZE - 1, f">= {MIN_IMAGE_SIZE}"),
@@ -118,11 +118,11 @@ def test_error_names_the_value_as_typed_not_the_scaled_lr():
 def test_edges_of_the_ranges_pass():
     cfg = PretrainConfig(
         epochs=1, max_steps=1, max_minutes=0.01, batch_size=1, lr=1e-9, weight_decay=0,
-        momentum=0, warmup_epochs=0, image_size=MIN_IMAGE_SIZE, in_channels=1, num_nodes=1,
+        sgd_momentum=0, warmup_epochs=0, image_size=MIN_IMAGE_SIZE, in_channels=1, num_nodes=1,
         seed=2**32 - 1, knn_k=[1], knn_max_train=1, knn_max_val=1, early_stopping_patience=1,
         collapse_threshold=0, log_every_n_steps=1, num_workers=0, lr_scaling="none",
     )  # fmt: skip
-    assert cfg.momentum == 0.0 and isinstance(cfg.momentum, float)
+    assert cfg.sgd_momentum == 0.0 and isinstance(cfg.sgd_momentum, float)
     for devices in ("auto", 1, 3, "2", "0,1", "1,3"):
         assert PretrainConfig(devices=devices).devices == devices
 
@@ -272,3 +272,9 @@ def test_cli_refuses_bad_values_before_making_a_run_folder(tmp_path, capsys, arg
     assert "\n" not in err and named in err and f"got {typed}" in err
     assert err.startswith("selfsup pretrain: error: ")
     assert not out.exists()
+
+
+def test_renamed_keys_are_refused_with_the_new_name():
+    with pytest.raises(ValueError, match="'momentum' .* is now 'sgd_momentum'"):
+        resolve_config(None, ["momentum=0.8"])
+    assert resolve_config(None, ["sgd_momentum=0.8"]).sgd_momentum == 0.8

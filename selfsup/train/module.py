@@ -34,7 +34,7 @@ class PretrainModule(L.LightningModule):
         optimizer: str = "sgd",
         lr: float = 0.06,
         weight_decay: float = 5e-4,
-        momentum: float = 0.9,
+        sgd_momentum: float = 0.9,
         warmup_steps: int = 0,
         total_steps: int = 1,
         channels_last: bool = False,
@@ -46,7 +46,7 @@ class PretrainModule(L.LightningModule):
         self.optimizer_name = optimizer
         self.lr = lr
         self.weight_decay = weight_decay
-        self.momentum = momentum
+        self.sgd_momentum = sgd_momentum
         self.warmup_steps = warmup_steps
         self.total_steps = max(1, total_steps)
         self.channels_last = channels_last
@@ -127,7 +127,7 @@ class PretrainModule(L.LightningModule):
             self.method,
             lr=self.lr,
             weight_decay=self.weight_decay,
-            momentum=self.momentum,
+            momentum=self.sgd_momentum,
         )
         warmup, total = self.warmup_steps, self.total_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(

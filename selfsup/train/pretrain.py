@@ -428,7 +428,7 @@ def _train(
         optimizer=cfg.optimizer,
         lr=lr,
         weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
+        sgd_momentum=cfg.sgd_momentum,
         warmup_steps=warmup_steps_for(cfg.warmup_epochs, steps_per_epoch, total_steps),
         total_steps=total_steps,
         channels_last=channels_last,
