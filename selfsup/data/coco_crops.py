@@ -116,6 +116,65 @@ def read_coco(annotations: Path) -> dict[str, Any]:
     return coco
 
 
+def _image_table(coco: dict[str, Any], annotations: Path) -> dict[int, dict[str, Any]]:
+    """{image id: its ``images`` entry}; an entry without id or file_name is an error."""
+    table: dict[int, dict[str, Any]] = {}
+    for i, info in enumerate(coco["images"]):
+        if not isinstance(info, dict) or "id" not in info or "file_name" not in info:
+            raise ValueError(f"'{annotations}': images[{i}] needs 'id' and 'file_name'")
+        table[int(info["id"])] = info
+    return table
+
+
+def _annotations_by_image(
+    coco: dict[str, Any],
+    folders: dict[int, str],
+    image_info: dict[int, dict[str, Any]],
+    annotations: Path,
+    skipped: Counter[str],
+) -> dict[int, list[dict[str, Any]]]:
+    """{image id: its annotations}; unknown categories and images are counted in ``skipped``."""
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for i, ann in enumerate(coco["annotations"]):
+        if not isinstance(ann, dict):
+            raise ValueError(f"'{annotations}': annotations[{i}] is not an object")
+        cid, iid = ann.get("category_id"), ann.get("image_id")
+        if cid not in folders:
+            skipped["unknown_category"] += 1
+        elif iid not in image_info:
+            skipped["unknown_image"] += 1
+        else:
+            by_image[iid].append(ann)
+    return by_image
+
+
+def _write_image_crops(
+    image: Any,
+    anns: list[dict[str, Any]],
+    stem: str,
+    folders: dict[int, str],
+    out_dir: Path,
+    classes: Counter[str],
+    skipped: Counter[str],
+    *,
+    min_size: float,
+    padding: float,
+) -> None:
+    """One PNG per box of one image, counted per class; degenerate boxes counted as skipped."""
+    for n, ann in enumerate(anns):
+        box = crop_box(
+            ann.get("bbox"), image.width, image.height, min_size=min_size, padding=padding
+        )
+        if isinstance(box, str):
+            skipped[box] += 1
+            continue
+        folder = out_dir / folders[ann["category_id"]]
+        folder.mkdir(parents=True, exist_ok=True)
+        ann_id = safe_name(str(ann.get("id", f"n{n}")), f"n{n}")
+        _atomic_save_png(image.crop(box), folder / f"{stem}_{ann_id}.png")
+        classes[folders[ann["category_id"]]] += 1
+
+
 def coco_to_crops(
     annotations: str | Path,
     images_dir: str | Path,
@@ -138,27 +197,12 @@ def coco_to_crops(
         raise ValueError(f"min_size and padding must be >= 0, got {min_size} and {padding}")
     coco = read_coco(annotations)
     folders = class_folder_names(coco["categories"], str(annotations))
-    image_info: dict[int, dict[str, Any]] = {}
-    for i, info in enumerate(coco["images"]):
-        if not isinstance(info, dict) or "id" not in info or "file_name" not in info:
-            raise ValueError(f"'{annotations}': images[{i}] needs 'id' and 'file_name'")
-        image_info[int(info["id"])] = info
-
+    image_info = _image_table(coco, annotations)
     skipped: Counter[str] = Counter()
-    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    classes: dict[str, int] = {}
-    for i, ann in enumerate(coco["annotations"]):
-        if not isinstance(ann, dict):
-            raise ValueError(f"'{annotations}': annotations[{i}] is not an object")
-        cid, iid = ann.get("category_id"), ann.get("image_id")
-        if cid not in folders:
-            skipped["unknown_category"] += 1
-        elif iid not in image_info:
-            skipped["unknown_image"] += 1
-        else:
-            classes.setdefault(folders[cid], 0)
-            by_image[iid].append(ann)
-
+    by_image = _annotations_by_image(coco, folders, image_info, annotations, skipped)
+    classes: Counter[str] = Counter(
+        {folders[a["category_id"]]: 0 for anns in by_image.values() for a in anns}
+    )
     images_read = 0
     for iid in sorted(by_image, key=lambda i: str(image_info[i]["file_name"])):
         file_name = str(image_info[iid]["file_name"])
@@ -168,19 +212,8 @@ def coco_to_crops(
             continue
         images_read += 1
         stem = safe_name(Path(file_name).stem, f"image_{iid}")
-        for n, ann in enumerate(by_image[iid]):
-            box = crop_box(
-                ann.get("bbox"), image.width, image.height, min_size=min_size, padding=padding
-            )
-            if isinstance(box, str):
-                skipped[box] += 1
-                continue
-            folder = out_dir / folders[ann["category_id"]]
-            folder.mkdir(parents=True, exist_ok=True)
-            ann_id = safe_name(str(ann.get("id", f"n{n}")), f"n{n}")
-            _atomic_save_png(image.crop(box), folder / f"{stem}_{ann_id}.png")
-            classes[folders[ann["category_id"]]] += 1
-
+        _write_image_crops(image, by_image[iid], stem, folders, out_dir, classes, skipped,
+                           min_size=min_size, padding=padding)  # fmt: skip
     result = {
         "split": split_name,
         "classes": dict(sorted(classes.items())),

@@ -391,16 +391,8 @@ def load_image_folder(
     memory-maps caches larger than ``folder_cache.MMAP_MIN_BYTES`` (1 GiB).
     """
     root = _folder_root(path, image_size, in_channels)
-    index = index_folder(root)
-    _log_unreadable_dirs(path, index)
+    index = _indexed(path, root)
     files = index.files
-    if not files:
-        _log_skipped_files(path, index.unreadable_files, _reasons(index))
-        unreadable = f"; {index.unreadable} unreadable entries skipped" if index.unreadable else ""
-        raise ValueError(
-            f"image folder '{path}' holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
-            + unreadable
-        )
     labelled = _labelled(path, files, labelled)
     if cache:
         folder_cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -415,8 +407,6 @@ def load_image_folder(
     _log_skipped_files(path, unreadable_files, _reasons(index) + errors)
     if len(images) == 0:
         raise ValueError(f"none of the {len(files)} image files in '{path}' could be read")
-    if index.hidden:
-        log.debug("image folder '%s': skipped %d hidden entries", path, index.hidden)
     skipped_set = set(skipped)
     keep = np.array([f not in skipped_set for f in files], dtype=bool)
     kept = [f for f, k in zip(files, keep, strict=True) if k] if skipped else files
@@ -434,6 +424,22 @@ def load_image_folder(
         source=f"image folder '{path}'",
         skipped=unreadable_files,
     )
+
+
+def _indexed(path: str | Path, root: Path) -> FolderIndex:
+    """The folder's listing, its unreadable folders logged; no image at all is an error."""
+    index = index_folder(root)
+    _log_unreadable_dirs(path, index)
+    if index.hidden:
+        log.debug("image folder '%s': skipped %d hidden entries", path, index.hidden)
+    if not index.files:
+        _log_skipped_files(path, index.unreadable_files, _reasons(index))
+        unreadable = f"; {index.unreadable} unreadable entries skipped" if index.unreadable else ""
+        raise ValueError(
+            f"image folder '{path}' holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
+            + unreadable
+        )
+    return index
 
 
 def _folder_root(path: str | Path, image_size: int, in_channels: int) -> Path:

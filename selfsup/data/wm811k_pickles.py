@@ -238,6 +238,40 @@ def read_wafer_pickle(
     if not path.is_file():
         raise FileNotFoundError(f"wafer pickle '{path}' does not exist")
     frame = _unpickle_frame(path)
+    split_column = _split_column(frame, path)
+    rows = _PickleRows(clean=split_column is None)
+    splits = frame[split_column].tolist() if split_column else None
+    cells = (frame.index.tolist(), frame["waferMap"].tolist(), frame["failureType"].tolist())
+    for position, (row, cell, failure) in enumerate(zip(*cells, strict=True)):
+        reason, detail = rows.add(cell, failure, int(row) if _is_int(row) else position)
+        if reason and on_bad == "error":
+            raise ValueError(f"'{path}', row {row}: {detail} (on_bad='skip' drops such rows)")
+        if not reason and splits is not None:
+            rows.splits.append(_unwrap(splits[position]) or "")
+    if rows.skipped:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(rows.skipped.items()))
+        LOG.warning(
+            "%s: skipped %d of %d rows (%s)", path, sum(rows.skipped.values()), len(frame), counts
+        )
+    if splits is None:
+        rows.splits = [_pickle_split_name(path)] * len(rows.maps)
+    return WaferMaps(
+        rows.maps,
+        np.asarray(rows.labels, dtype=np.int64),
+        split=np.asarray(rows.splits, dtype=str),
+        source=str(path),
+        skipped=rows.skipped,
+        source_index=np.asarray(rows.source_rows, dtype=np.int64),
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer))
+
+
+def _split_column(frame: Any, path: Path) -> str | None:
+    """The train/test column of a full WM-811K pickle, None for a clean-subset file; a frame
+    that is neither is an error naming the columns it has."""
     columns = set(map(str, frame.columns))
     split_column = next((c for c in SPLIT_COLUMNS if c in columns), None)
     for column in ("waferMap", "failureType"):
@@ -248,55 +282,43 @@ def read_wafer_pickle(
             f"'{path}' has no column 'trainTestLabel' (or 'trianTestLabel'; full WM-811K) "
             f"nor 'failureCode' (clean subset); columns: {sorted(columns)}"
         )
-    clean = split_column is None
-    raw_values = (0, 128, 255) if clean else (0, 1, 2)
-    table = _code_table(raw_values)
-    class_index = {name: i for i, name in enumerate(CLASS_NAMES)}
-    if clean:
-        class_index["None"] = class_index["none"]
-    splits = frame[split_column].tolist() if split_column else None
+    return split_column
 
-    maps: list[np.ndarray] = []
-    labels: list[int] = []
-    kept_splits: list[str] = []
-    kept_rows: list[int] = []
-    skipped: dict[str, int] = {}
-    cells = (frame.index.tolist(), frame["waferMap"].tolist(), frame["failureType"].tolist())
-    rows = zip(*cells, strict=True)
-    for position, (row, cell, failure) in enumerate(rows):
-        codes, reason, detail = _to_codes(cell, raw_values, table)
+
+class _PickleRows:
+    """The maps, labels and source rows kept from a pickle, and the count of skipped rows by
+    reason. Clean-subset files code dies 0/128/255, full WM-811K 0/1/2."""
+
+    def __init__(self, clean: bool) -> None:
+        self.raw_values = (0, 128, 255) if clean else (0, 1, 2)
+        self.table = _code_table(self.raw_values)
+        self.class_index = {name: i for i, name in enumerate(CLASS_NAMES)}
+        if clean:
+            self.class_index["None"] = self.class_index["none"]
+        self.maps: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.source_rows: list[int] = []
+        self.splits: list[str] = []
+        self.skipped: dict[str, int] = {}
+
+    def add(self, cell: Any, failure: Any, source_row: int) -> tuple[str | None, str | None]:
+        """Keep one row, or count it as skipped; returns (reason, detail) when it is bad."""
+        codes, reason, detail = _to_codes(cell, self.raw_values, self.table)
+        name = None
         if codes is not None:
             try:
                 name = _unwrap(failure)
             except ValueError as err:
-                name, reason, detail = None, "unknown failure type", str(err)
-            if name is not None and name not in class_index:
+                reason, detail = "unknown failure type", str(err)
+            if name is not None and name not in self.class_index:
                 reason, detail = "unknown failure type", f"unknown failure type '{name}'"
         if reason:
-            if on_bad == "error":
-                raise ValueError(f"'{path}', row {row}: {detail} (on_bad='skip' drops such rows)")
-            skipped[reason] = skipped.get(reason, 0) + 1
-            continue
-        maps.append(codes)
-        labels.append(-1 if name is None else class_index[name])
-        kept_rows.append(int(row) if isinstance(row, (int, np.integer)) else position)
-        if splits is not None:
-            kept_splits.append(_unwrap(splits[position]) or "")
-    if skipped:
-        counts = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
-        LOG.warning(
-            "%s: skipped %d of %d rows (%s)", path, sum(skipped.values()), len(frame), counts
-        )
-    if splits is None:
-        kept_splits = [_pickle_split_name(path)] * len(maps)
-    return WaferMaps(
-        maps,
-        np.asarray(labels, dtype=np.int64),
-        split=np.asarray(kept_splits, dtype=str),
-        source=str(path),
-        skipped=skipped,
-        source_index=np.asarray(kept_rows, dtype=np.int64),
-    )
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+            return reason, detail
+        self.maps.append(codes)
+        self.labels.append(-1 if name is None else self.class_index[name])
+        self.source_rows.append(source_row)
+        return None, None
 
 
 # --- pickle-free npz ------------------------------------------------------------------------------
