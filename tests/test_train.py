@@ -323,14 +323,14 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
 def test_more_cpu_processes_than_cores_are_warned_about(caplog):
     import os
 
-    from selfsup.train.pretrain import _warn_if_oversubscribed
+    from selfsup.train.trainer import warn_if_oversubscribed
 
     cores = os.cpu_count() or 1
     for devices, warned in ((1, False), (cores + 2, True)):
         trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp", logger=False)
         caplog.clear()
         with caplog.at_level("WARNING", logger="selfsup"):
-            _warn_if_oversubscribed(trainer)
+            warn_if_oversubscribed(trainer)
         assert (f"on {cores} core(s)" in caplog.text) is warned
 
 
