@@ -83,7 +83,7 @@ def one_of(choices: Callable[[], Iterable[str]]) -> Rule:
 
 
 def _optimizers() -> tuple[str, ...]:
-    from selfsup.train.optim import OPTIMIZERS  # imports torch: only when a config is checked
+    from selfsup.runtime.optim import OPTIMIZERS  # imports torch: only when a config is checked
 
     return OPTIMIZERS
 
@@ -96,7 +96,7 @@ def _precisions() -> tuple[str, ...]:
 
 def _known_lr_scaling(value: str) -> None:
     """scaled_lr is the one place that knows the scaling rules; its error lists them."""
-    from selfsup.train.optim import scaled_lr
+    from selfsup.runtime.optim import scaled_lr
 
     scaled_lr(1.0, 256, value)
 
@@ -168,9 +168,9 @@ class PretrainConfig:
     # max(steps / total steps, minutes / max_minutes) and training stops when either ends
     max_minutes: float | None = checked(None, above(0))
     batch_size: int = checked(256, at_least(1))  # >= 1, per device
-    optimizer: str = checked("sgd", one_of(_optimizers))  # sgd | lars | adamw (train/optim.py)
+    optimizer: str = checked("sgd", one_of(_optimizers))  # sgd | lars | adamw (runtime/optim.py)
     lr: float = checked(0.06, above(0))  # > 0, base learning rate for batch 256 (see lr_scaling)
-    # linear (lr * B/256) | sqrt (lr * sqrt(B/256)) | none (train/optim.py scaled_lr)
+    # linear (lr * B/256) | sqrt (lr * sqrt(B/256)) | none (runtime/optim.py scaled_lr)
     lr_scaling: str = checked("linear", _known_lr_scaling)
     weight_decay: float = checked(5e-4, at_least(0))  # >= 0
     # [0, 1): SGD/LARS momentum (AdamW ignores it); at 1 and above old gradients never fade

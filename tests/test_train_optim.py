@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from selfsup.runtime.optim import LARS, build_optimizer, parameter_groups, scaled_lr, warmup_cosine
 from selfsup.runtime.precision import resolve_channels_last, resolve_precision
-from selfsup.train.optim import LARS, build_optimizer, parameter_groups, scaled_lr, warmup_cosine
 
 
 def test_scaled_lr_rules():

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from selfsup.methods.base import Method
+from selfsup.runtime.optim import build_optimizer, warmup_cosine
 from selfsup.runtime.precision import views_threads
-from selfsup.train.optim import build_optimizer, warmup_cosine
 
 
 class NonFiniteLossError(RuntimeError):

@@ -15,13 +15,13 @@ from selfsup.config import PretrainConfig, resolve_config
 from selfsup.data.dataset import MEMORY_PREFIX, ImageDataset, absolute_spec, spec_kind
 from selfsup.methods import METHODS, build
 from selfsup.runtime.allocator import glibc, heap_allocations
+from selfsup.runtime.optim import scaled_lr
 from selfsup.runtime.precision import on_gpu, resolve_channels_last, resolve_precision
 from selfsup.train.callbacks import (
     backbone_knn_scores,
 )
 from selfsup.train.finish import finish_run, metrics_parts, remove_unstarted_run
 from selfsup.train.module import PretrainModule, total_training_steps, warmup_steps_for
-from selfsup.train.optim import scaled_lr
 from selfsup.train.resume import explicit_keys, resumed_config
 from selfsup.train.runfolder import new_run_dir, read_summary, write_config
 from selfsup.train.trainer import (
