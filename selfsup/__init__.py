@@ -20,6 +20,9 @@ _PUBLIC = {
     "list_methods": "selfsup.methods",
     "pretrain": "selfsup.train.pretrain",
     "load_backbone": "selfsup.artifacts",
+    "Supervisor": "selfsup.supervisor",
+    "CombinedNet": "selfsup.supervisor",
+    "as_image_dataset": "selfsup.data.torch_dataset",
 }
 
 

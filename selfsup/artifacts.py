@@ -2,7 +2,6 @@
 ``backbone.json``, loadable without the method), the trained method from a checkpoint (read
 safely), and the backbone with its preprocessing from a run folder, export folder or ``.ckpt``."""
 
-
 from __future__ import annotations
 
 import json
@@ -113,7 +112,6 @@ def load_method_from_checkpoint(
             f"'{ckpt_path}': its weights do not fit the method it names ({first})"
         ) from err
     return method
-
 
 
 def load_trained(

@@ -21,6 +21,7 @@ from selfsup.data.idx import (
     read_idx,
 )
 from selfsup.data.loader import BatchLoader, EpochDataLoader, make_dataloader
+from selfsup.data.torch_dataset import as_image_dataset
 from selfsup.data.wafers import load_wafer_subset, nearest_resize
 from selfsup.data.wm811k_pickles import (
     WaferMaps,
@@ -32,6 +33,7 @@ from selfsup.data.wm811k_pickles import (
 )
 
 __all__ = [
+    "as_image_dataset",
     "IMAGE_EXTENSIONS",
     "BatchLoader",
     "EpochDataLoader",

@@ -274,7 +274,7 @@ def decode_image(path: str | Path, image_size: int, mode: str) -> np.ndarray:
     with Image.open(path) as img:
         img.draft(mode, (image_size, image_size))  # JPEG: decode at a reduced DCT scale
         ImageOps.exif_transpose(img, in_place=True)
-        img = _convert(img, mode)
+        img = convert_mode(img, mode)
         w, h = img.size
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
@@ -286,7 +286,7 @@ def decode_image(path: str | Path, image_size: int, mode: str) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _convert(img: Image.Image, mode: str) -> Image.Image:
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
     """``img.convert(mode)``, except that 16-bit grey is scaled: 65535 -> 255.
 
     PIL's own conversion clips those values at 255, so 16-bit images come out almost white.

@@ -37,9 +37,9 @@ from PIL import Image
 from torch import Tensor
 
 from selfsup.data.arrays import CHANNEL_COUNTS, resize_bilinear, resize_nearest, to_uint8
-from selfsup.data.dataset import ImageDataset
-from selfsup.data.folders import MODES, _convert
-from selfsup.eval.progress import Progress, resolve_progress
+from selfsup.data.folders import MODES, convert_mode
+from selfsup.data.image_dataset import ImageDataset
+from selfsup.runtime.progress import Progress, resolve_progress
 
 log = logging.getLogger("selfsup.data")
 
@@ -71,8 +71,7 @@ def as_image_dataset(
         return _resized_dataset(dataset, image_size, in_channels)
     source = f"torch dataset {type(dataset).__name__}"
     samples, total = _samples(dataset)
-    reporter = resolve_progress(None if progress is True else progress or Progress(enabled=False))
-    task = reporter.task(f"decoding {source}", total=total, unit="images")
+    task = _reporter(progress).task(f"decoding {source}", total=total, unit="images")
     images: list[Tensor] = []
     labels: list[int | None] = []
     for index, sample in enumerate(samples):
@@ -95,6 +94,12 @@ def as_image_dataset(
         style="natural",
         source=source,
     )
+
+
+def _reporter(progress: bool | Progress) -> Progress:
+    if isinstance(progress, Progress):
+        return progress
+    return resolve_progress(None) if progress else Progress(enabled=False)
 
 
 def _samples(dataset: Any) -> tuple[Iterator[Any], int]:
@@ -148,7 +153,7 @@ def _channels_of(image: Any, index: int) -> int:
 def _to_uint8_chw(image: Any, index: int, channels: int) -> Tensor:
     """One image -> uint8 [c, h, w] (c = ``channels`` for PIL images, else its own 1 or 3)."""
     if isinstance(image, Image.Image):
-        array = np.asarray(_convert(image, MODES[channels]), dtype=np.uint8)
+        array = np.array(convert_mode(image, MODES[channels]), dtype=np.uint8)  # writable copy
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(array))
     array = _chw_array(image, index)
@@ -170,7 +175,9 @@ def _chw_array(image: Any, index: int) -> np.ndarray:
     array channels last when its last axis can be.
     """
     if isinstance(image, Tensor):
-        array, channels_first = image.detach().cpu().numpy(), True
+        tensor = image.detach().cpu()
+        tensor = tensor.float() if tensor.dtype == torch.bfloat16 else tensor  # numpy has none
+        array, channels_first = tensor.numpy(), True
     elif isinstance(image, np.ndarray):
         array, channels_first = image, False
     else:
@@ -180,9 +187,8 @@ def _chw_array(image: Any, index: int) -> np.ndarray:
         )
     if array.ndim == 2:
         return array[None]
-    first, last = array.ndim == 3 and array.shape[0] in CHANNEL_COUNTS, array.ndim == 3 and (
-        array.shape[-1] in CHANNEL_COUNTS
-    )
+    first = array.ndim == 3 and array.shape[0] in CHANNEL_COUNTS
+    last = array.ndim == 3 and array.shape[-1] in CHANNEL_COUNTS
     if not (first or last):
         raise ValueError(
             f"sample {index}: a {type(image).__name__} image must be [C, H, W], [H, W, C] or "
@@ -224,8 +230,7 @@ def _label_array(labels: Sequence[int | None]) -> np.ndarray | None:
     if not all(given):
         first, missing = given.index(True), given.index(False)
         raise ValueError(
-            f"sample {missing} has no label but sample {first} has one: "
-            "label every sample, or none"
+            f"sample {missing} has no label but sample {first} has one: label every sample, or none"
         )
     array = np.asarray(labels, dtype=np.int64)
     return None if (array == -1).all() else array

@@ -13,6 +13,7 @@ import torch
 from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig, resolve_config
 from selfsup.data.dataset import MEMORY_PREFIX, ImageDataset, absolute_spec, spec_kind
+from selfsup.data.torch_dataset import as_image_dataset
 from selfsup.methods import METHODS, build
 from selfsup.runtime.allocator import glibc, heap_allocations
 from selfsup.runtime.optim import scaled_lr
@@ -124,14 +125,14 @@ def prepared_method(cfg: PretrainConfig, train: Any) -> tuple[Any, str, bool]:
     return method, precision, channels_last
 
 
-def pretrain(
-    config: Any = None, *, dataset: ImageDataset | None = None, **kwargs: Any
-) -> tuple[Any, Path]:
+def pretrain(config: Any = None, *, dataset: Any = None, **kwargs: Any) -> tuple[Any, Path]:
     """Pretrain a method; returns ``(method, run_dir)``.
 
     ``config`` is a PretrainConfig, a dict, a YAML path or None; keyword arguments override it.
     ``dataset`` trains on data already in memory instead of ``config.data`` (recorded in the
-    config as ``memory:<description>``; a resumed run needs it handed over again).
+    config as ``memory:<description>``; a resumed run needs it handed over again): an
+    ``ImageDataset``, or any torch Dataset or list of samples, which ``as_image_dataset``
+    decodes once at the config's ``image_size`` and ``in_channels``.
     ``resume`` (a run folder or .ckpt) continues a killed run with that run's saved config.
     A fresh run whose start fails (bad settings, no GPU, data too small for the batch) or that
     ends before its first checkpoint leaves no run folder behind.
@@ -141,9 +142,16 @@ def pretrain(
     run_dir: Path | None = Path(os.environ[RUN_DIR_ENV]) if RUN_DIR_ENV in os.environ else None
     if cfg.resume:
         cfg, run_dir, resume_ckpt = resumed_config(cfg, explicit_keys(config, kwargs))
-    elif dataset is not None:
+    if dataset is not None and not isinstance(dataset, ImageDataset):
+        dataset = as_image_dataset(
+            dataset,
+            image_size=cfg.image_size,
+            in_channels=cfg.in_channels,
+            progress=cfg.progress_bar,
+        )
+    if resume_ckpt is None and dataset is not None:
         cfg.data = f"{MEMORY_PREFIX}{dataset.source or type(dataset).__name__}"
-    else:
+    elif resume_ckpt is None:
         cfg.data = absolute_spec(cfg.data)  # the saved run finds it from any directory
     cfg.val_data = absolute_spec(cfg.val_data) if cfg.val_data else cfg.val_data
 
