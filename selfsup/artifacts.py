@@ -8,10 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from selfsup.backbones import Backbone, build_backbone
-from selfsup.runtime.files import CheckpointError, atomic_write_text, load_checkpoint_file
+from selfsup.runtime.files import (
+    CheckpointError,
+    atomic_save_weights,
+    atomic_write_text,
+    load_checkpoint_file,
+)
 
 WEIGHTS = "backbone.safetensors"
 META = "backbone.json"
@@ -23,7 +28,7 @@ def backbone_metadata(method: Any) -> dict[str, Any]:
     views = method.views
     return {
         "name": method.backbone.name,
-        "backbone_kwargs": kwargs.get("backbone_kwargs", {}),
+        "backbone_kwargs": kwargs.get("backbone_kwargs") or {},
         "in_channels": method.in_channels,  # of the data the views take
         "backbone_in_channels": method.backbone.in_channels,
         "wafer_encoding": getattr(views, "encoding", "codes"),
@@ -39,13 +44,9 @@ def backbone_metadata(method: Any) -> dict[str, Any]:
 def export_backbone(method: Any, out_dir: str | Path) -> Path:
     """Write the backbone weights and metadata into ``out_dir``; returns the weights path."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in method.backbone.state_dict().items()}
-    tmp = out_dir / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out_dir / WEIGHTS)
+    weights = atomic_save_weights(method.backbone, out_dir / WEIGHTS)
     atomic_write_text(out_dir / META, json.dumps(backbone_metadata(method), indent=2) + "\n")
-    return out_dir / WEIGHTS
+    return weights
 
 
 def load_backbone(path: str | Path) -> Backbone:
@@ -79,12 +80,18 @@ def load_backbone(path: str | Path) -> Backbone:
 
 
 def load_method_from_checkpoint(
-    ckpt_path: str | Path, map_location: str = "cpu", *, trust: bool = False
+    ckpt_path: str | Path,
+    map_location: str = "cpu",
+    *,
+    trust: bool = False,
+    backbone: Any = None,
 ) -> Any:
     """Rebuild the trained Method from a Lightning checkpoint written by ``selfsup pretrain``.
 
     The file is read without running code from it (``weights_only``); ``trust=True`` allows
-    full unpickling for a checkpoint from elsewhere that the user vouches for.
+    full unpickling for a checkpoint from elsewhere that the user vouches for. ``backbone``:
+    the user's own ``nn.Module`` when the run was trained with one (its place in the saved
+    hyper-parameters is a marker, not the module).
     """
     from selfsup.methods import build
 
@@ -101,6 +108,8 @@ def load_method_from_checkpoint(
     if not isinstance(state, dict):
         raise CheckpointError(f"'{ckpt_path}' is not a selfsup checkpoint: it has no state_dict")
     build_config = dict(build_config)
+    if backbone is not None:
+        build_config["backbone"] = backbone
     method = build(build_config.pop("method"), **build_config)
     prefix = "method."
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from selfsup.registry import Registry
@@ -42,28 +41,59 @@ class Backbone(nn.Module):
         return self.trunk(x)
 
 
-def build_backbone(name: str | nn.Module, in_channels: int = 3, **kwargs: Any) -> Backbone:
+def build_backbone(
+    name: str | nn.Module, in_channels: int = 3, *, feature_dim: int | None = None, **kwargs: Any
+) -> Backbone:
     """Build a registered backbone, or wrap a user module that maps images to [B, D] features.
 
-    A user module must define ``feature_dim`` (or pass ``feature_dim=`` here).
+    A user module needs ``feature_dim`` = D, here or as its attribute; ``kwargs`` configure a
+    registered backbone only. Given with a registered name, ``feature_dim`` must match it.
     """
-    if isinstance(name, Backbone):
-        if name.in_channels != in_channels:
-            raise ValueError(
-                f"backbone '{name.name}' takes in_channels={name.in_channels}, "
-                f"but in_channels={in_channels} was asked for"
-            )
-        return name
     if isinstance(name, nn.Module):
-        feature_dim = kwargs.pop("feature_dim", getattr(name, "feature_dim", None))
-        if feature_dim is None:
-            raise ValueError("a custom backbone module needs a feature_dim attribute or argument")
-        return Backbone(name, int(feature_dim), in_channels, type(name).__name__)
+        if kwargs:
+            raise ValueError(
+                f"backbone keyword(s) {', '.join(sorted(kwargs))} configure a registered backbone "
+                f"by name; your module '{type(name).__name__}' is built already"
+            )
+        return _wrap_module(name, in_channels, feature_dim)
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
     if name.startswith("timm/"):
-        return _timm_backbone(name[len("timm/") :], in_channels, **kwargs)
-    return BACKBONES.get(name)(in_channels=in_channels, **kwargs)
+        built = _timm_backbone(name[len("timm/") :], in_channels, **kwargs)
+    else:
+        built = BACKBONES.get(name)(in_channels=in_channels, **kwargs)
+    if feature_dim is not None and feature_dim != built.feature_dim:
+        raise ValueError(
+            f"backbone '{name}' gives {built.feature_dim} features, but a feature size of "
+            f"{feature_dim} was given"
+        )
+    return built
+
+
+def _wrap_module(module: nn.Module, in_channels: int, feature_dim: int | None) -> Backbone:
+    """A user module as a Backbone (a Backbone stays itself); its feature size is checked."""
+    known = getattr(module, "feature_dim", None)
+    if feature_dim is None:
+        feature_dim = known
+    if not isinstance(feature_dim, int) or isinstance(feature_dim, bool) or feature_dim < 1:
+        raise ValueError(
+            f"your backbone module '{type(module).__name__}' needs its feature size D (of its "
+            "[B, D] output): pass feature_size to the method (feature_dim to build_backbone) "
+            f"or give the module a feature_dim attribute; got {feature_dim!r}"
+        )
+    if known is not None and known != feature_dim:
+        raise ValueError(
+            f"backbone '{type(module).__name__}' has feature_dim={known}, but a feature size "
+            f"of {feature_dim} was given"
+        )
+    if isinstance(module, Backbone):
+        if module.in_channels != in_channels:
+            raise ValueError(
+                f"backbone '{module.name}' takes in_channels={module.in_channels}, "
+                f"but in_channels={in_channels} was asked for"
+            )
+        return module
+    return Backbone(module, feature_dim, in_channels, type(module).__name__)
 
 
 def list_backbones() -> list[str]:
@@ -157,13 +187,3 @@ def _timm_backbone(model_name: str, in_channels: int, **kwargs: Any) -> Backbone
     except RuntimeError as err:
         raise ValueError(f"timm does not know the model '{model_name}': {err}") from err
     return Backbone(net, int(net.num_features), in_channels, f"timm/{model_name}")
-
-
-@torch.no_grad()
-def infer_feature_dim(module: nn.Module, in_channels: int, image_size: int) -> int:
-    """Feature size of ``module`` found by one forward pass on zeros (for user modules)."""
-    was_training = module.training
-    module.eval()
-    out = module(torch.zeros(2, in_channels, image_size, image_size))
-    module.train(was_training)
-    return int(out.shape[-1])

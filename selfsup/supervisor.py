@@ -23,7 +23,7 @@ Where this differs from Super-Selfish, on purpose:
 - data are always shuffled and the last partial batch dropped (``shuffle=False`` is refused);
 - the backbone is a registered name (``selfsup.backbones``, ``timm/<model>``): the run's config
   must be able to rebuild it. A user ``nn.Module`` is refused; build the method around it
-  with ``selfsup.build(name, backbone=module, backbone_kwargs={"feature_dim": D}, ...)`` and
+  with ``selfsup.build(name, backbone=module, feature_size=D, ...)`` and
   train it in your own loop (``loss = method(uint8_batch)``).
 """
 
@@ -283,7 +283,7 @@ def _backbone_name(backbone: Any) -> str:
             f"Supervisor: backbone must be a registered name ({', '.join(BACKBONES.names())}, "
             f"or timm/<model>), got a {type(backbone).__name__} module, which the run's config "
             "cannot rebuild. Build the method around it instead: selfsup.build(method_name, "
-            "backbone=module, backbone_kwargs={'feature_dim': D}, image_size=S, in_channels=C), "
+            "backbone=module, feature_size=D, image_size=S, in_channels=C), "
             "and train it in your own loop: loss = method(uint8_batch)"
         )
     if not isinstance(backbone, str):

@@ -27,6 +27,16 @@ def labelled_npz(tmp_path: Path):
     return make("train", 96, 0), make("val", 48, 1)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny nets: with 2 threads on 2 busy shared cores, OpenMP spinning makes a step much
+    slower than with one; use as ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Decoded-image caches go to a temporary folder, never to ~/.cache/selfsup."""

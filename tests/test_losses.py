@@ -213,7 +213,7 @@ def test_dino_loss_ignores_constant_shift_of_student_logits():
 def test_dino_update_center_is_ema_of_batch_mean():
     teacher = [torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[5.0, 6.0], [7.0, 8.0]])]
     center = torch.tensor([10.0, 20.0])
-    new = update_center(center, teacher, momentum=0.9)
+    new = update_center(center, teacher, center_momentum=0.9)
     # batch mean over the 4 teacher rows = (4, 5)
     assert torch.allclose(new, torch.tensor([0.9 * 10 + 0.1 * 4, 0.9 * 20 + 0.1 * 5]))
     assert torch.equal(center, torch.tensor([10.0, 20.0])), (

@@ -20,7 +20,7 @@ from selfsup.losses import (
     nt_xent_loss,
     update_center,
 )
-from selfsup.methods.moco import KeyQueue
+from selfsup.methods.queue import KeyQueue
 
 WORLD = 2
 BATCH, DIM = 8, 6  # global batch; each rank holds BATCH // WORLD rows
@@ -68,7 +68,7 @@ def gradients(data: dict[str, torch.Tensor], rows: slice) -> dict[str, object]:
     teachers = [t[rows] for t in data["teachers"]]
     dino_loss(students, teachers, data["center"], 0.1, 0.04).backward()
     out["dino"] = tuple(s.grad for s in students)
-    out["center"] = update_center(data["center"], teachers, momentum=0.9)
+    out["center"] = update_center(data["center"], teachers, center_momentum=0.9)
     return out
 
 

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 import selfsup
 from selfsup.methods.base import Method
-from selfsup.train.optim import parameter_groups
+from selfsup.runtime.optim import parameter_groups
 
 IMAGE_SIZE = 16
 BATCH = 8
@@ -31,13 +31,7 @@ TARGETS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny nets: with 2 threads on 2 busy shared cores, OpenMP spinning makes a step ~100x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, **extra) -> Method:
@@ -252,7 +246,7 @@ def test_registry_lists_all_eight_with_paper_defaults():
     expected = {
         "simclr": dict(temperature=0.5, proj_hidden_dim=2048, proj_dim=128, num_proj_layers=2),
         "mocov2": dict(
-            temperature=0.2, queue_size=65536, proj_dim=128, momentum=0.999, symmetric=False
+            temperature=0.2, queue_size=65536, proj_dim=128, base_momentum=0.999, symmetric=False
         ),
         "byol": dict(
             proj_hidden_dim=4096,
@@ -320,3 +314,79 @@ def test_fail_mask_method_has_a_two_channel_backbone_and_exports_it(tmp_path):
     x = preprocess_for(meta)(codes)
     assert x.shape == (8, 2, 16, 16)
     assert backbone(x).shape == (8, backbone.feature_dim)
+
+
+def test_subclass_sets_attributes_after_super_and_derives_views_from_its_arguments():
+    from collections.abc import Mapping
+
+    from selfsup.heads import mlp
+
+    class ThreeViews(Method):
+        view_recipe = "fastsiam"
+
+        def __init__(self, backbone="convnet_tiny", feature_size=None, *, views_wanted=3, **kw):
+            super().__init__(backbone, feature_size, **kw)
+            self.views_wanted = views_wanted  # after super(): the views never read it
+            self.projector = mlp(self.feature_dim, 8, 4)
+
+        @classmethod
+        def view_overrides(cls, arguments: Mapping) -> dict:
+            return {"num_views": arguments["views_wanted"]}
+
+    method = ThreeViews(views_wanted=2, image_size=IMAGE_SIZE, backbone_kwargs={"width": 4})
+    assert len(method.views(images())) == 2 and method.views_wanted == 2
+    recorded = method.hyperparameters()
+    assert recorded["views_wanted"] == 2 and recorded["backbone"] == "convnet_tiny"
+    assert recorded["backbone_kwargs"] == {"width": 4} and recorded["image_size"] == IMAGE_SIZE
+    assert method.encoder(torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, 4)
+
+
+def test_old_keywords_are_refused_naming_the_new_one():
+    with pytest.raises(ValueError, match="mocov2: 'momentum' is now 'base_momentum'.*key encoder"):
+        build("mocov2", momentum=0.99)
+    method = build("mocov2", base_momentum=0.99)
+    assert method.momentum_at(0.0) == method.momentum_at(1.0) == pytest.approx(0.99)
+    assert method.hyperparameters()["base_momentum"] == 0.99
+
+
+def test_a_registered_method_names_a_known_view_recipe():
+    from selfsup.methods import register
+
+    class NoRecipe(Method):
+        pass
+
+    with pytest.raises(ValueError, match="must name its view_recipe"):
+        register("no_recipe")(NoRecipe)
+
+    class BadRecipe(Method):
+        view_recipe = "rotation"
+
+    with pytest.raises(ValueError, match="view recipe 'rotation' is now 'rotnet'"):
+        register("bad_recipe")(BadRecipe)
+    assert "no_recipe" not in selfsup.list_methods() and "bad_recipe" not in selfsup.list_methods()
+
+
+def test_hyperparameters_are_every_argument_and_plain_data():
+    import json
+
+    method = build("byol", views={"crop_scale": (0.3, 1.0)}, mean=(0.5, 0.5, 0.5), std=[0.25] * 3)
+    recorded = method.hyperparameters()
+    assert recorded["base_momentum"] == 0.996 and recorded["final_momentum"] == 1.0  # defaults
+    assert recorded["views"] == {"crop_scale": [0.3, 1.0]} and recorded["mean"] == [0.5] * 3
+    assert recorded["feature_size"] is None and recorded["backbone"] == "convnet_tiny"
+    assert json.loads(json.dumps(recorded)) == recorded
+    assert method.views.mean == (0.5,) * 3 and method.views.std == (0.25,) * 3
+    recorded["proj_dim"] = -1
+    assert method.hyperparameters()["proj_dim"] == 8  # a copy: editing it changes nothing
+    again = selfsup.build("byol", **method.hyperparameters())
+    assert again.hyperparameters() == method.hyperparameters()
+    assert again.views.params == method.views.params
+
+
+def test_feature_size_must_match_a_registered_backbone():
+    with pytest.raises(ValueError, match="gives 32 features, but a feature size of 64"):
+        build("simclr", feature_size=64)
+    assert build("simclr", feature_size=32).feature_dim == 32
+    with pytest.raises(ValueError, match="configure a registered backbone"):
+        selfsup.build("simclr", backbone=torch.nn.Flatten(), feature_size=8,
+                      backbone_kwargs={"width": 4})  # fmt: skip

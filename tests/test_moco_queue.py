@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from selfsup.methods.moco import KeyQueue
+from selfsup.methods.queue import KeyQueue
 
 SIZE = 5
 

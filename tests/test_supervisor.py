@@ -28,13 +28,7 @@ HEADS = {
 TINY_RUN = dict(epochs=1, batch_size=16, precision="32-true", progress_bar=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny nets: with 2 threads on 2 busy shared cores, OpenMP spinning slows each step a lot
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_data(size: int = 64) -> FakeData:

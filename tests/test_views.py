@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from selfsup.views import (
-    RECIPES,
+    VIEW_RECIPES,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -481,10 +481,9 @@ def wafer_batch(dtype=torch.uint8, b=6, size=24):
     [
         ("simclr", [16, 16]),
         ("byol", [16, 16]),
-        ("multiview", [16] * 4),
         ("fastsiam", [16] * 4),
         ("dino", [16, 16] + [8] * 6),
-        ("rotation", [16] * 4),
+        ("rotnet", [16] * 4),
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
@@ -500,11 +499,11 @@ def test_recipe_view_counts_and_shapes(name, sizes, dtype, style):
     assert recipe.preprocess(x).shape == (x.shape[0], channels, 16, 16)
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", VIEW_RECIPES.names())
 def test_wafer_views_hold_only_three_values(name):
     codes = wafer_batch(size=28)
-    extra = {} if name == "rotation" else {"free_rotation_degrees": 25}
-    if name not in ("rotation", "dino"):
+    extra = {} if name == "rotnet" else {"free_rotation_degrees": 25}
+    if name not in ("rotnet", "dino"):
         extra["crop_scale"] = (0.5, 1.0)
     extra |= {"regrid_p": 0.5, "regrid_scale": (0.4, 0.9)}
     recipe = make_views(name, image_size=20, in_channels=1, style="wafer", die_flip_p=0.2, **extra)
@@ -573,7 +572,7 @@ def test_wafer_views_refuse_scaled_maps():
 def test_wafer_rotation_base_view_is_flipped_never_turned():
     codes = wafer_batch(b=32, size=8)
     codes[:, :, 1, 2] = 2  # break the disk's symmetry
-    recipe = make_views("rotation", image_size=8, in_channels=1, style="wafer", die_flip_p=0.0)
+    recipe = make_views("rotnet", image_size=8, in_channels=1, style="wafer", die_flip_p=0.0)
     views = recipe(codes, generator=gen())
     base = views[0] * 2
     flips = [codes, codes.flip(-1), codes.flip(-2), codes.flip(-1, -2)]
@@ -586,7 +585,7 @@ def test_wafer_rotation_base_view_is_flipped_never_turned():
     for k, view in enumerate(views):
         assert torch.equal(view, torch.rot90(views[0], k, dims=(-2, -1)))
     with pytest.raises(ValueError, match="rotation is the label"):
-        make_views("rotation", image_size=8, in_channels=1, style="wafer", rot90=True)
+        make_views("rotnet", image_size=8, in_channels=1, style="wafer", rot90=True)
 
 
 def test_generator_makes_views_reproducible():
@@ -651,17 +650,17 @@ def test_paper_defaults():
     wafer = make_views("fastsiam", image_size=32, in_channels=1, style="wafer").views[0]
     assert (wafer.rot90, wafer.hflip_p, wafer.vflip_p, wafer.die_flip_p) == (True, 0.5, 0.5, 0.03)
     assert wafer.free_rotation_degrees == 0 and wafer.crop_scale is None
-    rotation = make_views("rotation", image_size=32).views[0]
+    rotation = make_views("rotnet", image_size=32).views[0]
     assert rotation.crop_scale == (0.5, 1.0) and rotation.hflip_p == 0.5
 
 
 def test_overrides_and_errors():
     recipe = make_views("dino", image_size=32, num_local_crops=2, local_size=12, local_blur_p=0.0)
     assert [v.shape[-1] for v in recipe(torch.rand(2, 3, 32, 32))] == [32, 32, 12, 12]
-    assert make_views("multiview", image_size=8, num_views=3).num_views == 3
+    assert make_views("fastsiam", image_size=8, num_views=3).num_views == 3
     byol = make_views("byol", image_size=8, blur_p=0.3, crop_scale=[0.2, 1.0])
     assert [v.blur_p for v in byol.views] == [0.3, 0.3] and byol.views[0].crop_scale == (0.2, 1.0)
-    with pytest.raises(ValueError, match=r"unknown view recipe 'simclrr' \(known: simclr, byol"):
+    with pytest.raises(ValueError, match=r"unknown view recipe 'simclrr'.*known: byol, dino, "):
         make_views("simclrr", image_size=8)
     with pytest.raises(ValueError, match="unknown view style 'medical'"):
         make_views("simclr", image_size=8, style="medical")
@@ -729,3 +728,57 @@ def test_fail_mask_encoding_comes_after_the_views():
         make_views("simclr", image_size=12, in_channels=1, style="natural", encoding="fail_mask")
     with pytest.raises(ValueError, match="encoding must be one of"):
         make_views("simclr", image_size=12, in_channels=1, style="wafer", encoding="onehot")
+
+
+def test_a_new_recipe_is_one_registered_function(monkeypatch):
+    from selfsup.views import NaturalView, RecipeParts
+
+    monkeypatch.setattr(VIEW_RECIPES, "_entries", dict(VIEW_RECIPES._entries))  # undone after
+
+    @VIEW_RECIPES.register("three_crops")
+    def three_crops(style: str, image_size: int) -> RecipeParts:
+        defaults = {"crop_scale": (0.5, 1.0), "mean": None, "std": None}
+        return RecipeParts(defaults, lambda p, s: [NaturalView(s, crop_scale=p["crop_scale"])] * 3)
+
+    recipe = make_views("three_crops", image_size=8, crop_scale=[0.2, 1.0])
+    assert recipe.num_views == 3 and recipe.views[0].crop_scale == (0.2, 1.0)
+    assert [v.shape for v in recipe(natural_batch(torch.uint8, b=2, size=12))] == [(2, 3, 8, 8)] * 3
+    with pytest.raises(
+        ValueError, match="known: byol, dino, fastsiam, rotnet, simclr, three_crops"
+    ):
+        make_views("four_crops", image_size=8)
+
+
+def test_old_recipe_names_say_their_new_names():
+    with pytest.raises(ValueError, match="view recipe 'rotation' is now 'rotnet'"):
+        make_views("rotation", image_size=8)
+    with pytest.raises(ValueError, match="view recipe 'multiview' is now 'fastsiam'"):
+        recipe_defaults("multiview", image_size=8)
+
+
+def test_fail_mask_views_and_encode_wafer_share_one_encoding():
+    from selfsup.views import WAFER_ENCODINGS
+    from selfsup.wafers import encode_wafer
+
+    codes = wafer_batch(b=3, size=10)
+    for encoding, channels in WAFER_ENCODINGS.items():
+        recipe = make_views(
+            "simclr", image_size=10, in_channels=1, style="wafer", encoding=encoding
+        )
+        assert recipe.out_channels == channels
+        stored = encode_wafer(codes[:, 0], encoding)  # [B, C, H, W] uint8
+        scale = 0.5 if encoding == "codes" else 1.0  # codes end as code / 2
+        assert torch.equal(recipe.preprocess(codes), stored.float() * scale)
+
+
+def test_views_import_nothing_from_data_methods_or_train():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, selfsup.views; "
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['selfsup', 'data'], ['selfsup', 'methods'], ['selfsup', 'train'])))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

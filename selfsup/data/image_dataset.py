@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-STYLES = ("natural", "wafer")
+from selfsup.views.ops import STYLES
+
 # Channel conversions a backbone's input may need (e.g. transfer from RGB to grey data).
 CHANNEL_CONVERSIONS = {
     (1, 3): "grey -> RGB, the channel repeated",

@@ -33,6 +33,7 @@ import torch
 
 from selfsup.data.image_dataset import ImageDataset
 from selfsup.data.wafers import resize_flat_maps
+from selfsup.views.wafer import check_encoding, encode_codes
 
 LOG = logging.getLogger("selfsup.data")
 
@@ -41,7 +42,6 @@ CLASS_NAMES = (
 )  # fmt: skip
 SPLIT_COLUMNS = ("trianTestLabel", "trainTestLabel")  # Kaggle's typo first, then MIR's spelling
 MIN_SIDE = 5  # the one known broken map is 15x3
-ENCODINGS = ("codes", "fail_mask")
 OPENERS: dict[str, Callable[..., IO[bytes]]] = {
     ".xz": lzma.open,
     ".gz": gzip.open,
@@ -470,16 +470,12 @@ def to_dataset(maps: WaferMaps, image_size: int, encoding: str = "codes") -> Ima
     noise off (p=0) for this encoding.
     Labels: int64 with -1 for unlabeled rows; None when no row is labeled.
     """
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {ENCODINGS}, got '{encoding}'")
+    check_encoding(encoding)
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
     flat, shapes, offsets = flatten_maps(maps.maps)
     codes = torch.from_numpy(resize_flat_maps(flat, shapes, offsets, int(image_size)))
-    if encoding == "codes":
-        images = codes.unsqueeze(1)
-    else:
-        images = torch.stack([codes == 2, codes > 0], dim=1).to(torch.uint8)
+    images = encode_codes(codes.unsqueeze(1), encoding)
     labeled = bool((maps.labels >= 0).any())
     return ImageDataset(
         images,

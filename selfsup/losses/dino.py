@@ -53,14 +53,16 @@ def dino_loss(
 
 
 @torch.no_grad()
-def update_center(center: Tensor, teacher_out: list[Tensor], momentum: float = 0.9) -> Tensor:
+def update_center(
+    center: Tensor, teacher_out: list[Tensor], center_momentum: float = 0.9
+) -> Tensor:
     """DINO's teacher centre: c <- m c + (1 - m) mean of the teacher outputs over the global batch.
 
-    Caron et al. 2021, eq. 4 (m = 0.9). center: [K]; teacher_out: G tensors [B, K].
-    Returns the new centre (float32 or wider, no gradient); every rank gets the same value
-    because the batch mean is averaged over ranks (equal batch per rank).
+    Caron et al. 2021, eq. 4 (m = ``center_momentum`` = 0.9). center: [K]; teacher_out: G
+    tensors [B, K]. Returns the new centre (float32 or wider, no gradient); every rank gets the
+    same value because the batch mean is averaged over ranks (equal batch per rank).
     """
     outputs = torch.cat([t.detach() for t in teacher_out])
     outputs = outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
     batch_center = all_reduce_mean(outputs.mean(dim=0))
-    return center * momentum + batch_center.to(center.dtype) * (1 - momentum)
+    return center * center_momentum + batch_center.to(center.dtype) * (1 - center_momentum)

@@ -1,34 +1,38 @@
-"""Method registry. A new method is one file here plus one line in the import below."""
+"""Methods: the registry, ``build`` by name, the method classes (PySSL style) and save / load.
+
+A new method is one file here (a ``Method`` subclass under ``@register("name")``) plus one
+import line below.
+
+```
+method = selfsup.build("simclr", backbone="resnet18", image_size=32)
+model = SimCLR(my_module, 512, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+save_method(model, "out/simclr");  model = load_method("out/simclr", backbone=my_module)
+```
+"""
 
 from typing import Any
 
-# importing a method's module registers it (@register in the file)
-from selfsup.methods import (  # noqa: F401
-    barlow_twins,
-    byol,
-    dino,
-    fastsiam,
-    moco,
-    rotnet,
-    simclr,
-    simsiam,
-)
+from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.base import METHODS, LossOutput, Method, register
+from selfsup.methods.byol import BYOL
+from selfsup.methods.dino import DINO
+from selfsup.methods.fastsiam import FastSiam
+from selfsup.methods.mocov2 import MoCoV2
+from selfsup.methods.rotnet import RotNet
+from selfsup.methods.saving import load_method, save_method
+from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simsiam import SimSiam
 from selfsup.registry import keyword_parameters
 
 
-def build(name: str, **kwargs: Any):
+def build(name: str, **kwargs: Any) -> Method:
     """Build a registered method: ``selfsup.build("simclr", backbone="resnet18", image_size=32)``.
 
-    Keyword arguments are the method's hyper-parameters and the base arguments
-    (``backbone``, ``in_channels``, ``image_size``, ``views``, ``view_style``, ``backbone_kwargs``).
+    Keyword arguments are the method's hyper-parameters and the base arguments (``backbone``,
+    ``feature_size``, ``in_channels``, ``image_size``, ``mean``, ``std``, ``views``,
+    ``view_style``, ``backbone_kwargs``); ``build(name, **method.hyperparameters())`` rebuilds.
     """
-    cls = METHODS.get(name)
-    method = cls(**kwargs)
-    method._build_kwargs = {
-        k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, list, dict, tuple))
-    }
-    return method
+    return METHODS.get(name)(**kwargs)
 
 
 def list_methods() -> dict[str, dict[str, Any]]:
@@ -40,4 +44,21 @@ def list_methods() -> dict[str, dict[str, Any]]:
     return out
 
 
-__all__ = ["METHODS", "LossOutput", "Method", "build", "list_methods", "register"]
+__all__ = [
+    "BYOL",
+    "DINO",
+    "METHODS",
+    "BarlowTwins",
+    "FastSiam",
+    "LossOutput",
+    "Method",
+    "MoCoV2",
+    "RotNet",
+    "SimCLR",
+    "SimSiam",
+    "build",
+    "list_methods",
+    "load_method",
+    "register",
+    "save_method",
+]

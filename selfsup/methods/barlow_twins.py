@@ -19,6 +19,7 @@ class BarlowTwins(Method):
     Reduction", ICML 2021, eq. 1: with z normalised per dimension over the (global) batch and
     C = z1n^T z2n / N,
         L = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2,   lambda = 5e-3.
+    Shapes: views 2 x [B, C, H, W]; z1, z2 [B, proj_dim]; C [proj_dim, proj_dim].
 
     Defaults (paper): projector of 3 Linear layers of 8192 (BN + ReLU after the first two), no
     extra loss scale. The augmentations are BYOL's.
@@ -29,6 +30,7 @@ class BarlowTwins(Method):
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
+        feature_size: int | None = None,
         *,
         proj_hidden_dim: int = 8192,
         proj_dim: int = 8192,
@@ -36,7 +38,7 @@ class BarlowTwins(Method):
         lambda_param: float = 5e-3,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, **kwargs)
+        super().__init__(backbone, feature_size, **kwargs)
         self.lambda_param = lambda_param
         self.projector = mlp(
             self.feature_dim, proj_hidden_dim, proj_dim, num_layers=num_proj_layers

@@ -2,19 +2,37 @@
 
 ```
 method = selfsup.build("fastsiam", backbone="resnet18", in_channels=1, image_size=64)
+model = SimCLR(my_module, 512, image_size=32)   # PySSL style: your nn.Module and its feature size
 loss = method(images)                 # default views (per-sample random), then the loss
 out = method.training_loss(views)     # views: list of tensors -> LossOutput(loss, logs)
 feats = method.embed(images)          # backbone features, eval mode, no grad
 method.on_train_step_end(progress)    # momentum / temperature schedules; progress in [0, 1]
 method.backbone                       # plain nn.Module with .feature_dim
+method.encoder                        # backbone + the head whose output the loss uses
+method.hyperparameters()              # the constructor's arguments, JSON-safe (save / rebuild)
 ```
+
+Rules for a subclass (one file, ``@register("name")``):
+- its constructor takes ``(backbone, feature_size, *, <hyper-parameters with the paper's
+  defaults>, **kwargs)``, passes ``backbone, feature_size, **kwargs`` to ``super().__init__``
+  and sets its own attributes and heads after that call;
+- ``view_recipe`` names its default recipe in ``selfsup.views.VIEW_RECIPES``; recipe parameters
+  that follow from its hyper-parameters come from the classmethod ``view_overrides(arguments)``,
+  which reads the constructor's arguments, never attributes (it runs inside
+  ``Method.__init__``, before the subclass has set any);
+- ``encoder_head`` names the head after the backbone whose output the loss uses.
+Every ``__init__`` along the chain is wrapped (``__init_subclass__``) to record its arguments, so
+``hyperparameters()`` holds every value used, defaults included, without the subclass doing
+anything.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,20 +41,63 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from selfsup.backbones import Backbone, build_backbone
-from selfsup.registry import Registry
+from selfsup.methods.arguments import json_safe, refuse_markers, refuse_renamed
+from selfsup.registry import Registry, keyword_parameters
+from selfsup.views.recipes import make_views, recipe_function
 
 METHODS: Registry[Method] = Registry("method")  # type: ignore[name-defined]  # noqa: F821
+_ARGUMENTS = "_constructor_arguments"  # instance-dict key while the constructor chain runs
+_RENAMED_BACKBONE_KWARGS = {
+    "feature_dim": ("feature_size", "a method argument: the D of your module's [B, D] output")
+}
 
 
 def register(name: str) -> Callable[[type], type]:
     """Class decorator: ``@register("simclr")`` adds a Method subclass to ``METHODS``."""
 
     def add(cls: type) -> type:
+        recipe = getattr(cls, "view_recipe", None)
+        if recipe is None:
+            raise ValueError(f"method '{name}' must name its view_recipe (in VIEW_RECIPES)")
+        recipe_function(recipe)  # an unknown recipe fails here, listing the known ones
         cls.method_name = name
         METHODS.register(name)(cls)
         return cls
 
     return add
+
+
+def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a Method ``__init__`` so its arguments (defaults filled in) are recorded on entry.
+
+    An outer ``__init__`` of the chain records a name first, so a value is the caller's, or the
+    default of the outermost constructor naming it. After the outermost ``__init__`` returns,
+    the record becomes ``hyperparameters()``.
+    """
+    signature = inspect.signature(init)
+    parameters = list(signature.parameters.values())[1:]  # without self
+    named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    var_keyword = next((p.name for p in parameters if p.kind is p.VAR_KEYWORD), None)
+
+    @functools.wraps(init)
+    def init_recording_arguments(self: Method, *args: Any, **kwargs: Any) -> None:
+        outermost = _ARGUMENTS not in self.__dict__
+        name = type(self).method_name
+        if outermost:
+            refuse_renamed(name, type(self).renamed_arguments, kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        given = {n: bound.arguments[n] for n in named}
+        record = self.__dict__.setdefault(_ARGUMENTS, {})
+        for key, value in given.items():
+            record.setdefault(key, value)
+        if outermost:
+            refuse_markers(name, {**given, **bound.arguments.get(var_keyword or "", {})})
+        init(self, *args, **kwargs)
+        if outermost:
+            self._seal_hyperparameters(self.__dict__.pop(_ARGUMENTS))
+
+    return init_recording_arguments
 
 
 @dataclass
@@ -50,66 +111,100 @@ class LossOutput:
 class Method(nn.Module):
     """Base class: owns the backbone and the default views; subclasses add heads and a loss.
 
-    Subclasses set ``view_recipe`` (a name in ``selfsup.views.recipes``) and implement
-    ``training_loss(views)``. Keyword arguments of a subclass constructor are its
-    hyper-parameters, defaulting to the paper's values.
+    ``backbone``: a registered name (``selfsup.backbones``) or your own ``nn.Module`` mapping
+    images to features [B, D], with ``feature_size`` = D (PySSL's argument; not needed when the
+    module has a ``feature_dim`` attribute). ``mean``/``std`` set the normalisation of natural
+    views (default: ImageNet's for RGB, 0.5 otherwise). ``views``: a recipe name, a dict of
+    recipe parameters on top of the method's own, or a callable batch -> list of views.
     """
 
     method_name: ClassVar[str] = "method"
-    view_recipe: ClassVar[str] = "simclr"
+    view_recipe: ClassVar[str]  # set by every registered method
+    encoder_head: ClassVar[str] = "projector"
+    # old keyword -> (new keyword, what it is), refused with a message naming the new one
+    renamed_arguments: ClassVar[dict[str, tuple[str, str]]] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            cls.__init__ = _recording(cls.__init__)  # type: ignore[method-assign]
+
+    @_recording
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
+        feature_size: int | None = None,
         *,
         in_channels: int = 3,
         image_size: int = 224,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         views: Any = None,
         view_style: str = "natural",
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        backbone_kwargs = dict(backbone_kwargs or {})
+        refuse_renamed(self.method_name, _RENAMED_BACKBONE_KWARGS, backbone_kwargs)
         self.in_channels = in_channels  # of the data; the views may encode it (wafer fail_mask)
         self.image_size = image_size
         self.view_style = view_style
-        self.views = self._resolve_views(views)
-        backbone_channels = getattr(self.views, "out_channels", in_channels)
+        self.views = self._resolve_views(views, {"mean": mean, "std": std})
         self.backbone: Backbone = build_backbone(
-            backbone, backbone_channels, **(backbone_kwargs or {})
+            backbone,
+            getattr(self.views, "out_channels", in_channels),
+            feature_dim=feature_size,
+            **backbone_kwargs,
         )
         self.feature_dim = self.backbone.feature_dim
 
+    def _seal_hyperparameters(self, arguments: dict[str, Any]) -> None:
+        names, _ = keyword_parameters(type(self))
+        recorded = {name: arguments[name] for name in names if name in arguments}
+        if isinstance(recorded.get("backbone"), nn.Module):
+            recorded["feature_size"] = self.feature_dim  # the size used, however it was given
+        self._hyperparameters: dict[str, Any] = json_safe(recorded)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every constructor argument of this method (defaults included) as JSON-safe data:
+        ``type(method)(**method.hyperparameters())`` rebuilds it. A user's module or views
+        callable is a marker (``{"custom_module": "MyNet"}``) that must be passed again."""
+        return copy.deepcopy(self._hyperparameters)
+
     # -- views ---------------------------------------------------------------------------------
-    def _resolve_views(self, views: Any) -> Callable[[Tensor], list[Tensor]]:
-        from selfsup.views.recipes import make_views
-
-        if views is None or isinstance(views, (str, dict)):
-            # a dict holds recipe parameters on top of the method's own (e.g. regrid_p)
-            extra = views if isinstance(views, dict) else {}
-            derived = self.view_overrides()
-            clash = sorted(set(extra) & set(derived))
-            if clash:
+    def _resolve_views(self, views: Any, normalisation: dict[str, Any]) -> Callable:
+        given = {k: v for k, v in normalisation.items() if v is not None}
+        if views is not None and not isinstance(views, (str, dict)):
+            if not callable(views):
                 raise ValueError(
-                    f"views: {', '.join(clash)} follow(s) the method's own parameters; "
-                    f"set them on the method (e.g. {clash[0]}={extra[clash[0]]!r})"
+                    f"views must be a recipe name, a dict of recipe parameters or a callable, "
+                    f"got {type(views)}"
                 )
-            return make_views(
-                views if isinstance(views, str) else self.view_recipe,
-                image_size=self.image_size,
-                in_channels=self.in_channels,
-                style=self.view_style,
-                **derived,
-                **extra,
-            )
-        if not callable(views):
+            if given:
+                raise ValueError("mean/std set a view recipe's normalisation, not your views'")
+            return views
+        # a dict holds recipe parameters on top of the method's own (e.g. regrid_p)
+        extra = views if isinstance(views, dict) else {}
+        derived = {**type(self).view_overrides(self.__dict__[_ARGUMENTS]), **given}
+        clash = sorted(set(extra) & set(derived))
+        if clash:
             raise ValueError(
-                f"views must be a recipe name, a dict of recipe parameters or a callable, "
-                f"got {type(views)}"
+                f"views: {', '.join(clash)} follow(s) the method's own parameters; "
+                f"set them on the method (e.g. {clash[0]}={extra[clash[0]]!r})"
             )
-        return views
+        return make_views(
+            views if isinstance(views, str) else self.view_recipe,
+            image_size=self.image_size,
+            in_channels=self.in_channels,
+            style=self.view_style,
+            **derived,
+            **extra,
+        )
 
-    def view_overrides(self) -> dict[str, Any]:
-        """Recipe arguments a method derives from its hyper-parameters (e.g. number of views)."""
+    @classmethod
+    def view_overrides(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Recipe parameters that follow from the constructor ``arguments`` (e.g. the number of
+        views). A classmethod of the arguments: it runs before the subclass sets attributes."""
         return {}
 
     # -- training ------------------------------------------------------------------------------
@@ -124,6 +219,12 @@ class Method(nn.Module):
         """Called after each optimizer step with ``progress`` = step / total steps in [0, 1]."""
 
     # -- features ------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> nn.Sequential:
+        """The backbone followed by the head ``encoder_head`` (the trained one; for momentum
+        methods the student / query side): images as the views give them -> what the loss uses."""
+        return nn.Sequential(self.backbone, getattr(self, self.encoder_head))
+
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
         """Backbone features [B, D] of raw images (no augmentation), eval mode, no gradient."""
@@ -155,12 +256,15 @@ class Method(nn.Module):
                 outputs[i] = chunk
         return outputs  # type: ignore[return-value]
 
-    def hyperparameters(self) -> dict[str, Any]:
-        """The keyword arguments this method was built with (set by ``selfsup.build``)."""
-        return dict(getattr(self, "_build_kwargs", {}))
-
 
 # --- helpers shared by several methods -----------------------------------------------------------
+
+
+def check_positive(method: str, **values: float) -> None:
+    """ValueError naming the method and the first of ``values`` that is not > 0."""
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{method}: {name} must be > 0, got {value}")
 
 
 @torch.no_grad()
@@ -199,8 +303,3 @@ def cosine_schedule(progress: float, start: float, end: float) -> float:
     """Cosine interpolation from ``start`` (progress 0) to ``end`` (progress 1), as BYOL's tau."""
     progress = min(max(progress, 0.0), 1.0)
     return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
-
-
-def parameters_without(module: nn.Module, exclude: Iterable[nn.Module]) -> list[nn.Parameter]:
-    ids = {id(p) for m in exclude for p in m.parameters()}
-    return [p for p in module.parameters() if id(p) not in ids]

@@ -25,6 +25,8 @@ class BYOL(MomentumMethod):
         xi <- tau xi + (1 - tau) theta,  tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2,
     from ``base_momentum`` 0.996 to ``final_momentum`` 1 over training.
 
+    Shapes: views 2 x [B, C, H, W]; z, p, z' [B, proj_dim].
+
     Defaults (paper): projector and predictor Linear(4096)-BN-ReLU-Linear(256).
     """
 
@@ -33,6 +35,7 @@ class BYOL(MomentumMethod):
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
+        feature_size: int | None = None,
         *,
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
@@ -41,7 +44,7 @@ class BYOL(MomentumMethod):
         final_momentum: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, **kwargs)
+        super().__init__(backbone, feature_size, **kwargs)
         self.projector = mlp(self.feature_dim, proj_hidden_dim, proj_dim)
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
         self.add_momentum_targets(

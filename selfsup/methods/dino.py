@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -9,10 +10,9 @@ from torch import Tensor, nn
 
 from selfsup.heads import DINOHead
 from selfsup.losses import dino_loss, update_center
-from selfsup.methods.base import LossOutput, embedding_std, register
+from selfsup.methods.base import LossOutput, check_positive, embedding_std, register
 from selfsup.methods.momentum import MomentumMethod
-
-NUM_GLOBAL_CROPS = 2
+from selfsup.views import NUM_GLOBAL_CROPS
 
 
 @register("dino")
@@ -28,15 +28,19 @@ class DINO(MomentumMethod):
     tau_s = 0.1; tau_t rises linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over the
     first ``warmup_teacher_temp_progress`` of training (DINO: 0.04 -> 0.04 over 30 of 100
     epochs by default; 0.04 -> 0.07 is their variant for unstable runs).
+    Shapes: views 2 x [B, C, H, W] global then ``num_local_crops`` x [B, C, h, w] local;
+    g(x) [B, out_dim]; c [out_dim]. ``encoder`` is the student: backbone + head.
 
     Not implemented: freezing the last layer in the first epoch and the weight-decay schedule.
     """
 
     view_recipe = "dino"
+    encoder_head = "head"
 
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
+        feature_size: int | None = None,
         *,
         out_dim: int = 65536,
         head_hidden_dim: int = 2048,
@@ -53,19 +57,16 @@ class DINO(MomentumMethod):
         local_crop_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        for name, value in (
-            ("student_temp", student_temp),
-            ("teacher_temp", teacher_temp),
-            ("warmup_teacher_temp", warmup_teacher_temp),
-        ):
-            if value <= 0:
-                raise ValueError(f"dino: {name} must be > 0, got {value}")
+        check_positive(
+            "dino",
+            student_temp=student_temp,
+            teacher_temp=teacher_temp,
+            warmup_teacher_temp=warmup_teacher_temp,
+        )
         if num_local_crops < 0:
             raise ValueError(f"dino: num_local_crops must be >= 0, got {num_local_crops}")
-        # set before Method.__init__, which builds the views from view_overrides()
+        super().__init__(backbone, feature_size, **kwargs)
         self.num_local_crops = num_local_crops
-        self.local_crop_size = local_crop_size
-        super().__init__(backbone, **kwargs)
         self.student_temp = student_temp
         self.final_teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
@@ -84,13 +85,14 @@ class DINO(MomentumMethod):
             {"teacher_backbone": "backbone", "teacher_head": "head"}, base_momentum, final_momentum
         )
 
-    def view_overrides(self) -> dict[str, Any]:
+    @classmethod
+    def view_overrides(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
         overrides: dict[str, Any] = {
             "num_global_crops": NUM_GLOBAL_CROPS,
-            "num_local_crops": self.num_local_crops,
+            "num_local_crops": arguments["num_local_crops"],
         }
-        if self.local_crop_size is not None:
-            overrides["local_size"] = self.local_crop_size
+        if arguments["local_crop_size"] is not None:
+            overrides["local_size"] = arguments["local_crop_size"]
         return overrides
 
     def teacher_temp_at(self, progress: float) -> float:

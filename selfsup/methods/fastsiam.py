@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from selfsup.losses import negative_cosine
 from selfsup.methods.base import LossOutput, embedding_std, register
 from selfsup.methods.simsiam import SimSiam
+from selfsup.views import FASTSIAM_VIEWS
 
 
 @register("fastsiam")
@@ -21,7 +23,7 @@ class FastSiam(SimSiam):
     training converges in fewer epochs at small batch sizes. Symmetric form used here, with
     V = ``num_views`` (K + 1 = 4 in the paper), D(p, z) = -cos(p, stopgrad(z)):
         L = (1 / V) sum_i D(p_i, (1 / (V - 1)) sum_{j != i} z_j).
-    Projector and predictor as SimSiam.
+    Shapes: views V x [B, C, H, W]; z_i, p_i [B, proj_dim]. Projector and predictor as SimSiam.
     """
 
     view_recipe = "fastsiam"
@@ -29,27 +31,19 @@ class FastSiam(SimSiam):
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
+        feature_size: int | None = None,
         *,
-        num_views: int = 4,
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 2048,
-        pred_hidden_dim: int = 512,
+        num_views: int = FASTSIAM_VIEWS,
         **kwargs: Any,
     ) -> None:
         if num_views < 2:
             raise ValueError(f"fastsiam: num_views must be >= 2, got {num_views}")
-        # set before Method.__init__, which builds the views from view_overrides()
+        super().__init__(backbone, feature_size, **kwargs)
         self.num_views = num_views
-        super().__init__(
-            backbone,
-            proj_hidden_dim=proj_hidden_dim,
-            proj_dim=proj_dim,
-            pred_hidden_dim=pred_hidden_dim,
-            **kwargs,
-        )
 
-    def view_overrides(self) -> dict[str, Any]:
-        return {"num_views": self.num_views}
+    @classmethod
+    def view_overrides(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        return {"num_views": arguments["num_views"]}
 
     def training_loss(self, views: list[Tensor]) -> LossOutput:
         if len(views) != self.num_views:

@@ -10,8 +10,7 @@ from torch.nn import functional as F
 
 from selfsup.heads import mlp
 from selfsup.methods.base import LossOutput, Method, register
-
-NUM_ROTATIONS = 4  # 0, 90, 180, 270 degrees
+from selfsup.views import NUM_ROTATIONS
 
 
 @register("rotnet")
@@ -21,21 +20,24 @@ class RotNet(Method):
     Gidaris, Singh & Komodakis, "Unsupervised Representation Learning by Predicting Image
     Rotations", ICLR 2018, eq. 1-2: with F the classifier on backbone features,
         L = -(1/4) sum_{y=0..3} log F_y(rot(x, 90 y degrees)),
-    averaged over the batch. The "rotation" views recipe returns the 4 rotated copies in order,
-    so view i has target i. ``classifier_hidden_dim`` = None gives a linear classifier;
-    an integer gives a 2-layer MLP (Linear-BN-ReLU-Linear).
+    averaged over the batch. The "rotnet" view recipe returns the 4 rotated copies in order,
+    so view i has target i. Shapes: views 4 x [B, C, H, W]; logits [4B, 4].
+    ``classifier_hidden_dim`` = None gives a linear classifier; an integer gives a 2-layer MLP
+    (Linear-BN-ReLU-Linear). ``encoder`` is backbone + classifier: images -> the 4 logits.
     """
 
-    view_recipe = "rotation"
+    view_recipe = "rotnet"
+    encoder_head = "classifier"
 
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
+        feature_size: int | None = None,
         *,
         classifier_hidden_dim: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, **kwargs)
+        super().__init__(backbone, feature_size, **kwargs)
         if classifier_hidden_dim is None:
             self.classifier: nn.Module = nn.Linear(self.feature_dim, NUM_ROTATIONS)
         else:

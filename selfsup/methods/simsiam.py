@@ -18,6 +18,7 @@ class SimSiam(Method):
     Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021, eq. 1-3. With
     z = projector(backbone(x)) and p = predictor(z), D(p, z) = -cos(p, stopgrad(z)) and
         L = D(p1, z2) / 2 + D(p2, z1) / 2.
+    Shapes: views 2 x [B, C, H, W]; z, p [B, proj_dim].
 
     Defaults (paper, ImageNet): projector 3 Linear layers of 2048 with BN on every layer
     including the output; predictor bottleneck 2048 -> 512 -> 2048 with no BN on its output.
@@ -28,13 +29,14 @@ class SimSiam(Method):
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
+        feature_size: int | None = None,
         *,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 2048,
         pred_hidden_dim: int = 512,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, **kwargs)
+        super().__init__(backbone, feature_size, **kwargs)
         self.projector = mlp(
             self.feature_dim, proj_hidden_dim, proj_dim, num_layers=3, last_norm=True
         )

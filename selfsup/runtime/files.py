@@ -102,6 +102,24 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             tmp.unlink()
 
 
+def atomic_save_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """``module``'s state dict as safetensors (detached, on the CPU, contiguous), written to a
+    temporary file and renamed, so a crash never leaves half a weights file; returns ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Ops take float [B, C, H, W] batches on any device (``to_float`` converts raw uint8 batches) and
 an optional ``generator`` for reproducibility. ``make_views(name, image_size=..., ...)`` builds
-the list-of-views callable a method trains on.
+the list-of-views callable a method trains on, from a recipe registered in ``VIEW_RECIPES``.
+This package imports nothing from ``selfsup.data``, ``selfsup.methods`` or ``selfsup.train``.
 """
 
 from selfsup.views.ops import (
@@ -30,19 +31,31 @@ from selfsup.views.ops import (
     to_float,
     to_grayscale,
 )
+from selfsup.views.paper_recipes import (  # importing it registers the papers' recipes
+    FASTSIAM_VIEWS,
+    NUM_GLOBAL_CROPS,
+)
 from selfsup.views.recipes import (
-    RECIPES,
+    NUM_ROTATIONS,
+    VIEW_RECIPES,
     NaturalView,
+    RecipeParts,
     ViewRecipe,
     WaferView,
     make_views,
     recipe_defaults,
 )
+from selfsup.views.wafer import WAFER_ENCODINGS, encode_codes
 
 __all__ = [
-    "RECIPES",
+    "FASTSIAM_VIEWS",
+    "NUM_GLOBAL_CROPS",
+    "NUM_ROTATIONS",
     "STYLES",
+    "VIEW_RECIPES",
+    "WAFER_ENCODINGS",
     "NaturalView",
+    "RecipeParts",
     "ViewRecipe",
     "WaferView",
     "adjust_brightness",
@@ -52,6 +65,7 @@ __all__ = [
     "apply_color_jitter",
     "color_jitter",
     "die_flip_noise",
+    "encode_codes",
     "gaussian_blur",
     "hsv_to_rgb",
     "make_views",

@@ -110,6 +110,59 @@ def sample_crop_boxes(
     return centre, torch.stack([w, h], 1)
 
 
+def _flip_signs(p: float, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """[B] of +1, or -1 (a flip) with probability ``p``, per sample of ``x``."""
+    ones = torch.ones(x.shape[0], device=x.device)
+    return torch.where(bernoulli(x.shape[0], p, x, generator), -ones, ones) if p else ones
+
+
+def _quarter_turns(
+    rot90: bool, x: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """(cos, sin) [B] of a random multiple of 90 degrees per sample; no turn if not ``rot90``."""
+    b = x.shape[0]
+    if not rot90:
+        return torch.ones(b, device=x.device), torch.zeros(b, device=x.device)
+    k = randint(b, 4, x, generator)
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=x.device)[k]
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=x.device)[k]
+    return cos, sin
+
+
+def _rotation(
+    degrees: float, p: float, x: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """(cos, sin) [B] of an angle uniform in [-degrees, degrees], applied with probability p."""
+    b = x.shape[0]
+    zeros = torch.zeros(b, device=x.device)
+    if not degrees:
+        return torch.ones(b, device=x.device), zeros
+    angle = torch.deg2rad(uniform(b, -degrees, degrees, x, generator))
+    if p < 1:
+        angle = torch.where(bernoulli(b, p, x, generator), angle, zeros)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def _affine_theta(
+    centre: Tensor,
+    box: Tensor,
+    signs: tuple[Tensor, Tensor],
+    turn: tuple[Tensor, Tensor],
+    rotation: tuple[Tensor, Tensor],
+    input_size: tuple[int, int],
+) -> Tensor:
+    """[B, 2, 3] sampling matrices: R(a) diag(w/2, h/2) T^k D and the centre c, rows scaled to
+    normalised input units by diag(2/W, 2/H) (see ``random_affine``)."""
+    (sx, sy), (c90, s90), (cos, sin) = signs, turn, rotation
+    width, height = input_size
+    half_w, half_h = box[:, 0] / 2, box[:, 1] / 2
+    a00, a01 = half_w * c90 * sx, -half_w * s90 * sy
+    a10, a11 = half_h * s90 * sx, half_h * c90 * sy
+    row0 = torch.stack([cos * a00 - sin * a10, cos * a01 - sin * a11, centre[:, 0]], 1)
+    row1 = torch.stack([sin * a00 + cos * a10, sin * a01 + cos * a11, centre[:, 1]], 1)
+    return torch.stack([row0 * (2 / width), row1 * (2 / height)], 1)
+
+
 def random_affine(
     x: Tensor,
     size: int | tuple[int, int],
@@ -137,55 +190,17 @@ def random_affine(
     for name, p in (("hflip_p", hflip_p), ("vflip_p", vflip_p), ("rotation_p", rotation_p)):
         check_probability(p, name)
     b, _, height, width = x.shape
-    work = _working_dtype(x)
     if crop_scale is None:
         centre = torch.zeros(b, 2, device=x.device)
         box = torch.tensor([[float(width), float(height)]], device=x.device).expand(b, 2)
     else:
         centre, box = sample_crop_boxes(x, crop_scale, crop_ratio, generator)
-    ones = torch.ones(b, device=x.device)
-    sx = torch.where(bernoulli(b, hflip_p, x, generator), -ones, ones) if hflip_p else ones
-    sy = torch.where(bernoulli(b, vflip_p, x, generator), -ones, ones) if vflip_p else ones
-    zeros = torch.zeros(b, device=x.device)
-    if rot90:
-        k = randint(b, 4, x, generator)
-        c90 = torch.tensor([1.0, 0.0, -1.0, 0.0], device=x.device)[k]
-        s90 = torch.tensor([0.0, 1.0, 0.0, -1.0], device=x.device)[k]
-    else:
-        c90, s90 = ones, zeros
-    if rotation_degrees:
-        angle = torch.deg2rad(uniform(b, -rotation_degrees, rotation_degrees, x, generator))
-        if rotation_p < 1:
-            angle = torch.where(bernoulli(b, rotation_p, x, generator), angle, zeros)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-    else:
-        cos, sin = ones, zeros
-    # diag(w/2, h/2) T^k D, then R(a) on the left; rows scaled to normalised input units
-    half_w, half_h = box[:, 0] / 2, box[:, 1] / 2
-    a00, a01 = half_w * c90 * sx, -half_w * s90 * sy
-    a10, a11 = half_h * s90 * sx, half_h * c90 * sy
-    theta = torch.stack(
-        [
-            torch.stack(
-                [
-                    (cos * a00 - sin * a10) * (2 / width),
-                    (cos * a01 - sin * a11) * (2 / width),
-                    centre[:, 0] * (2 / width),
-                ],
-                1,
-            ),
-            torch.stack(
-                [
-                    (sin * a00 + cos * a10) * (2 / height),
-                    (sin * a01 + cos * a11) * (2 / height),
-                    centre[:, 1] * (2 / height),
-                ],
-                1,
-            ),
-        ],
-        1,
-    ).to(work)
-    return warp(x, theta, size, mode)
+    # the draws keep this order (crop, flips, turn, angle): a seeded view stays the same view
+    signs = _flip_signs(hflip_p, x, generator), _flip_signs(vflip_p, x, generator)
+    turn = _quarter_turns(rot90, x, generator)
+    rotation = _rotation(rotation_degrees, rotation_p, x, generator)
+    theta = _affine_theta(centre, box, signs, turn, rotation, (width, height))
+    return warp(x, theta.to(_working_dtype(x)), size, mode)
 
 
 def random_resized_crop(

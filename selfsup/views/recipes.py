@@ -2,28 +2,53 @@
 
 ``make_views(name, image_size=..., in_channels=..., style=..., **overrides)`` builds a
 ``ViewRecipe``; calling it on a raw batch returns the training views, ``preprocess`` gives the
-deterministic evaluation input. Defaults are the papers' (see each recipe below); every
-parameter can be overridden by name.
+deterministic evaluation input. The recipes themselves are registered functions in
+``VIEW_RECIPES`` (the papers' ones are in ``selfsup.views.paper_recipes``); a new recipe is one
+function ``(style, image_size) -> RecipeParts`` under ``@VIEW_RECIPES.register("name")``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from selfsup.registry import Registry
 from selfsup.views.geometric import resize
 from selfsup.views.ops import STYLES, check_style, normalize, to_float
 from selfsup.views.pipelines import NaturalView, View, WaferView
+from selfsup.views.wafer import WAFER_ENCODINGS, check_encoding, encode_codes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RECIPES = ("simclr", "byol", "multiview", "fastsiam", "dino", "rotation")
-NUM_ROTATIONS = 4
+NUM_ROTATIONS = 4  # RotNet's labels: 0, 90, 180, 270 degrees (Gidaris et al. 2018)
+# recipe names of earlier releases -> their names now
+RENAMED_RECIPES = {"multiview": "fastsiam", "rotation": "rotnet"}
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecipeParts:
+    """What a registered recipe function returns for one style and image size.
+
+    ``defaults``: every parameter ``make_views`` may override, with its default. ``build``:
+    (resolved parameters, image_size) -> the view pipelines. ``rotations``: the one base view is
+    returned rotated by 0, 90, 180 and 270 degrees (view i has target i). ``refused``: names
+    left out on purpose -> why (said when someone sets one).
+    """
+
+    defaults: Params
+    build: Callable[[Params, int], list[View]]
+    rotations: bool = False
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+VIEW_RECIPES: Registry[RecipeParts] = Registry("view recipe")
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -32,6 +57,25 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
         return torch.autocast(device_type=device.type, enabled=False)
     except RuntimeError:  # a device type autocast does not know
         return contextlib.nullcontext()
+
+
+def _normalisation(
+    name: str, in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Natural images' (mean, std): the given ones, else ImageNet's for RGB and 0.5 otherwise."""
+    rgb = in_channels == 3
+    default_mean = IMAGENET_MEAN if rgb else (0.5,) * in_channels
+    default_std = IMAGENET_STD if rgb else (0.5,) * in_channels
+    mean = tuple(float(m) for m in (default_mean if mean is None else mean))
+    std = tuple(float(s) for s in (default_std if std is None else std))
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ValueError(
+            f"view recipe '{name}': mean and std need {in_channels} values for "
+            f"in_channels={in_channels}, got {mean} and {std}"
+        )
+    if any(s <= 0 for s in std):
+        raise ValueError(f"view recipe '{name}': std must be positive, got {std}")
+    return mean, std
 
 
 class ViewRecipe:
@@ -75,32 +119,21 @@ class ViewRecipe:
         self.mean: tuple[float, ...] | None = None
         self.std: tuple[float, ...] | None = None
         if style == "natural":
-            default_mean = IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels
-            default_std = IMAGENET_STD if in_channels == 3 else (0.5,) * in_channels
-            self.mean = tuple(float(m) for m in (mean if mean is not None else default_mean))
-            self.std = tuple(float(s) for s in (std if std is not None else default_std))
-            if len(self.mean) != in_channels or len(self.std) != in_channels:
-                raise ValueError(
-                    f"view recipe '{name}': mean and std need {in_channels} values for "
-                    f"in_channels={in_channels}, got {self.mean} and {self.std}"
-                )
-            if any(s <= 0 for s in self.std):
-                raise ValueError(f"view recipe '{name}': std must be positive, got {self.std}")
+            self.mean, self.std = _normalisation(name, in_channels, mean, std)
         elif mean is not None or std is not None:
             raise ValueError("mean/std apply to natural images only; wafer views end with code / 2")
-        if encoding not in WAFER_ENCODINGS:
-            raise ValueError(f"encoding must be one of {WAFER_ENCODINGS}, got '{encoding}'")
-        if encoding == "fail_mask" and (style != "wafer" or in_channels != 1):
+        if check_encoding(encoding) != "codes" and (style != "wafer" or in_channels != 1):
             raise ValueError(
-                "encoding 'fail_mask' turns 1-channel wafer codes into (fail, on-wafer) channels; "
-                f"got style={style!r}, in_channels={in_channels}"
+                f"encoding '{encoding}' turns 1-channel wafer codes into "
+                f"{WAFER_ENCODINGS[encoding]} channels; got style={style!r}, "
+                f"in_channels={in_channels}"
             )
         self.encoding = encoding
 
     @property
     def out_channels(self) -> int:
         """Channels of the views and of ``preprocess``: what the backbone takes in."""
-        return 2 if self.encoding == "fail_mask" else self.in_channels
+        return self.in_channels * WAFER_ENCODINGS[self.encoding]
 
     @property
     def num_views(self) -> int:
@@ -126,9 +159,8 @@ class ViewRecipe:
 
     def _finish(self, x: Tensor) -> Tensor:
         if self.style == "wafer":
-            if self.encoding == "fail_mask":  # WaPIRL's input: fail die, on-wafer die
-                return torch.cat([x == 2, x > 0], dim=1).to(x.dtype)
-            return x * 0.5
+            x = encode_codes(x, self.encoding)
+            return x * 0.5 if self.encoding == "codes" else x
         return normalize(x, self.mean, self.std)  # type: ignore[arg-type]
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -185,197 +217,44 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
-# --- the recipes ------------------------------------------------------------------------------
-# A recipe is a defaults function, image_size -> every overridable parameter, and a build
-# function, (resolved parameters, image_size) -> the view pipelines.
-
-Params = dict[str, Any]
-Defaults = Callable[[int], Params]
-Build = Callable[[Params, int], list[View]]
-NATURAL_VIEW_KEYS = tuple(f.name for f in dataclasses.fields(NaturalView) if f.name != "size")
-WAFER_VIEW_KEYS = tuple(f.name for f in dataclasses.fields(WaferView) if f.name != "size")
-WAFER_ENCODINGS = ("codes", "fail_mask")
-_DINO_COUNTS: Params = {"num_global_crops": 2, "num_local_crops": 6, "local_size": None}
-_ROTATION_LABEL_KEYS = ("rot90", "free_rotation_degrees", "rotation_degrees")
+# --- building a recipe by name -------------------------------------------------------------------
 
 
-def _pick(value: Any, i: int) -> Any:
-    """A per-view parameter: one value for every view, or a sequence read in turn (cycling)."""
-    return value[i % len(value)] if isinstance(value, (list, tuple)) else value
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _without(params: Params, *keys: str) -> Params:
-    return {k: v for k, v in params.items() if k not in keys}
+def recipe_function(name: str) -> Callable[[str, int], RecipeParts]:
+    """The function registered as ``name``; an old or unknown name raises ValueError."""
+    if name in RENAMED_RECIPES:
+        raise ValueError(f"view recipe '{name}' is now '{RENAMED_RECIPES[name]}'")
+    return VIEW_RECIPES.get(name)
 
 
-def _dino_local_size(p: Params, image_size: int) -> int:
-    """DINO's local crops are 96 px for 224 px globals; at least 8 px."""
-    local = p["local_size"]
-    return int(local) if local is not None else max(8, round(image_size * 96 / 224))
-
-
-# natural images
-
-
-def _natural_views(p: Params, size: int, count: int, per_view: Sequence[str] = ()) -> list[View]:
-    shared = {k: p[k] for k in NATURAL_VIEW_KEYS if k in p and k not in per_view}
-    varying = [{k: _pick(p[k], i) for k in per_view} for i in range(count)]
-    return [NaturalView(size, **shared, **v) for v in varying]
-
-
-def _simclr_defaults(image_size: int) -> Params:
-    """SimCLR (Chen et al. 2020, appendix A): crop 0.08-1 and flip, colour jitter
-    (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, blur p 0.5 only from 96 px (the CIFAR
-    recipe drops blur); then mean/std normalisation (None: ImageNet's for RGB, 0.5 else)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(NaturalView) if f.name != "size"}
-    defaults["blur_p"] = 0.5 if image_size >= 96 else 0.0
-    return {**defaults, "mean": None, "std": None}
-
-
-def _multiview_defaults(image_size: int) -> Params:
-    return {**_simclr_defaults(image_size), "num_views": 4}
-
-
-def _byol_defaults(image_size: int) -> Params:
-    """BYOL (Grill et al. 2020, Table 6): saturation 0.2; view 1 always blurred, never
-    solarized; view 2 blurred with p 0.1, solarized with p 0.2."""
-    return {
-        **_simclr_defaults(image_size),
-        "saturation": 0.2,
-        "blur_p": (1.0, 0.1),
-        "solarize_p": (0.0, 0.2),
-    }
-
-
-def _dino_defaults(image_size: int) -> Params:
-    """DINO (Caron et al. 2021): BYOL's colours; 2 global crops of scale 0.4-1 (blur 1.0 / 0.1,
-    solarize 0 / 0.2) and 6 local crops of scale 0.05-0.4 at 96/224 of the size (blur 0.5)."""
-    return {
-        **_without(_simclr_defaults(image_size), "crop_scale", "blur_p", "solarize_p"),
-        "saturation": 0.2,
-        **_DINO_COUNTS,
-        "global_crop_scale": (0.4, 1.0),
-        "local_crop_scale": (0.05, 0.4),
-        "global_blur_p": (1.0, 0.1),
-        "global_solarize_p": (0.0, 0.2),
-        "local_blur_p": 0.5,
-    }
-
-
-def _dino_build(p: Params, image_size: int) -> list[View]:
-    globals_ = {
-        **p,
-        "crop_scale": p["global_crop_scale"],
-        "blur_p": p["global_blur_p"],
-        "solarize_p": p["global_solarize_p"],
-    }
-    locals_ = {**p, "crop_scale": p["local_crop_scale"], "blur_p": p["local_blur_p"]}
-    return _natural_views(
-        globals_, image_size, p["num_global_crops"], per_view=("blur_p", "solarize_p")
-    ) + _natural_views(locals_, _dino_local_size(p, image_size), p["num_local_crops"])
-
-
-def _rotation_defaults(image_size: int) -> Params:
-    """RotNet (Gidaris et al. 2018): the rotation is the label; one crop (0.5-1) and flip,
-    colours kept."""
-    base = _without(_simclr_defaults(image_size), "rotation_degrees")
-    return {**base, "crop_scale": (0.5, 1.0), "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
-
-
-# wafer maps
-
-
-def _wafer_views(p: Params, size: int, count: int, **fixed: Any) -> list[View]:
-    shared = {**{k: p[k] for k in WAFER_VIEW_KEYS if k in p}, **fixed}
-    return [WaferView(size, **shared) for _ in range(count)]
-
-
-def _wafer_defaults(image_size: int) -> Params:
-    """Every wafer recipe's base: random 90-degree turn, flips, 3 % die-flip noise; no crop,
-    free rotation or re-gridding unless asked (crop and rotation cut dies off the wafer's edge);
-    the model input encoding ``codes`` (1 channel, code / 2) or ``fail_mask`` (2 channels)."""
-    fields = {f.name: f.default for f in dataclasses.fields(WaferView) if f.name != "size"}
-    return {**fields, "encoding": "codes"}
-
-
-def _wafer_multiview_defaults(image_size: int) -> Params:
-    return {**_wafer_defaults(image_size), "num_views": 4}
-
-
-def _wafer_dino_defaults(image_size: int) -> Params:
-    return {
-        **_without(_wafer_defaults(image_size), "crop_scale"),
-        **_DINO_COUNTS,
-        "global_crop_scale": (0.6, 1.0),
-        "local_crop_scale": (0.25, 0.6),
-    }
-
-
-def _wafer_dino_build(p: Params, image_size: int) -> list[View]:
-    local = _dino_local_size(p, image_size)
-    return _wafer_views(
-        p, image_size, p["num_global_crops"], crop_scale=p["global_crop_scale"]
-    ) + _wafer_views(p, local, p["num_local_crops"], crop_scale=p["local_crop_scale"])
-
-
-def _wafer_rotation_defaults(image_size: int) -> Params:
-    return _without(_wafer_defaults(image_size), *_ROTATION_LABEL_KEYS)
-
-
-_RECIPE_TABLE: dict[tuple[str, str], tuple[Defaults, Build]] = {
-    ("natural", "simclr"): (_simclr_defaults, lambda p, s: _natural_views(p, s, 2)),
-    ("natural", "byol"): (
-        _byol_defaults,
-        lambda p, s: _natural_views(p, s, 2, per_view=("blur_p", "solarize_p")),
-    ),
-    ("natural", "multiview"): (
-        _multiview_defaults,
-        lambda p, s: _natural_views(p, s, p["num_views"]),
-    ),
-    ("natural", "dino"): (_dino_defaults, _dino_build),
-    ("natural", "rotation"): (_rotation_defaults, lambda p, s: _natural_views(p, s, 1)),
-    ("wafer", "simclr"): (_wafer_defaults, lambda p, s: _wafer_views(p, s, 2)),
-    ("wafer", "byol"): (_wafer_defaults, lambda p, s: _wafer_views(p, s, 2)),
-    ("wafer", "multiview"): (
-        _wafer_multiview_defaults,
-        lambda p, s: _wafer_views(p, s, p["num_views"]),
-    ),
-    ("wafer", "dino"): (_wafer_dino_defaults, _wafer_dino_build),
-    ("wafer", "rotation"): (
-        _wafer_rotation_defaults,
-        lambda p, s: _wafer_views(p, s, 1, rot90=False, free_rotation_degrees=0.0),
-    ),
-}
-_ALIASES = {"fastsiam": "multiview"}  # FastSiam (Pototzky et al. 2022): 4 views
-
-
-def _lookup(name: str, style: str) -> tuple[Defaults, Build]:
+def recipe_parts(name: str, style: str, image_size: int) -> RecipeParts:
+    """The registered recipe ``name`` for ``style`` and ``image_size`` (errors list the names)."""
     check_style(style)
-    if name not in RECIPES:
-        raise ValueError(f"unknown view recipe '{name}' (known: {', '.join(RECIPES)})")
-    return _RECIPE_TABLE[(style, _ALIASES.get(name, name))]
+    return recipe_function(name)(style, image_size)
 
 
-_COUNT_KEYS = {"num_views": 1, "num_global_crops": 1, "num_local_crops": 0}
-
-
-def _check_counts(name: str, params: Params) -> None:
-    for key, minimum in _COUNT_KEYS.items():
-        if key in params and (not isinstance(params[key], int) or params[key] < minimum):
+def _resolve(name: str, style: str, parts: RecipeParts, overrides: Params) -> Params:
+    """The recipe's defaults with ``overrides`` applied; an unknown name raises ValueError."""
+    params = dict(parts.defaults)
+    for key, value in overrides.items():
+        if key not in params:
+            why = f" ({parts.refused[key]})" if key in parts.refused else ""
             raise ValueError(
-                f"view recipe '{name}': {key} must be an integer >= {minimum}, got {params[key]!r}"
+                f"view recipe '{name}' ({style}) has no parameter '{key}'{why} "
+                f"(known: {', '.join(params)})"
             )
-    local = params.get("local_size")
-    if local is not None and (not isinstance(local, int) or local < 1):
-        raise ValueError(
-            f"view recipe '{name}': local_size must be a positive integer, got {local!r}"
-        )
+        params[key] = tuple(value) if isinstance(value, list) else value
+    return params
 
 
 def recipe_defaults(name: str, *, image_size: int, style: str = "natural") -> Params:
     """Every parameter of a recipe with its default (what ``make_views`` overrides)."""
-    defaults, _ = _lookup(name, style)
-    return defaults(image_size)
+    return dict(recipe_parts(name, style, image_size).defaults)
 
 
 def make_views(
@@ -386,41 +265,33 @@ def make_views(
     style: str = "natural",
     **overrides: Any,
 ) -> ViewRecipe:
-    """Build the named view recipe for ``image_size`` square views of ``in_channels`` channels.
+    """Build the registered view recipe ``name`` for ``image_size`` square views of
+    ``in_channels`` channels.
 
-    Recipes: simclr (2 views), byol (2 asymmetric views), multiview / fastsiam (``num_views``,
-    default 4), dino (``num_global_crops`` + ``num_local_crops``, globals first), rotation
-    (4 rotated copies of one base view). Styles: natural, wafer. ``overrides`` replace
-    parameters by name (see ``recipe_defaults``); parameters that differ between views (e.g.
-    BYOL's ``blur_p=(1.0, 0.1)``) take a value for all views or a sequence read in turn.
+    Recipes (``VIEW_RECIPES.names()``): simclr (2 views), byol (2 asymmetric views), fastsiam
+    (``num_views``, default 4), dino (``num_global_crops`` + ``num_local_crops``, globals
+    first), rotnet (4 rotated copies of one base view). Styles: natural, wafer. ``overrides``
+    replace parameters by name (see ``recipe_defaults``); parameters that differ between views
+    (e.g. BYOL's ``blur_p=(1.0, 0.1)``) take a value for all views or a sequence read in turn.
     """
-    defaults, build = _lookup(name, style)
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-    params = defaults(image_size)
-    for key, value in overrides.items():
-        if key not in params:
-            why = ""
-            if name == "rotation" and key in _ROTATION_LABEL_KEYS:
-                why = " (its rotation is the label, so the base view is never rotated)"
-            raise ValueError(
-                f"view recipe '{name}' ({style}) has no parameter '{key}'{why} "
-                f"(known: {', '.join(params)})"
-            )
-        params[key] = tuple(value) if isinstance(value, list) else value
-    _check_counts(name, params)
+    _check_positive_int("image_size", image_size)
+    _check_positive_int("in_channels", in_channels)
+    parts = recipe_parts(name, style, image_size)
+    params = _resolve(name, style, parts, overrides)
+    try:
+        views = parts.build(params, image_size)
+    except ValueError as err:
+        raise ValueError(f"view recipe '{name}' ({style}): {err}") from None
     return ViewRecipe(
         name,
-        build(params, image_size),
+        views,
         image_size=image_size,
         in_channels=in_channels,
         style=style,
         params=params,
         mean=params.get("mean"),
         std=params.get("std"),
-        rotations=name == "rotation",
+        rotations=parts.rotations,
         encoding=params.get("encoding", "codes"),
     )
 
@@ -428,12 +299,16 @@ def make_views(
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "RECIPES",
+    "NUM_ROTATIONS",
     "STYLES",
+    "VIEW_RECIPES",
     "NaturalView",
+    "RecipeParts",
     "ViewRecipe",
     "WaferView",
     "make_views",
     "recipe_defaults",
+    "recipe_function",
+    "recipe_parts",
     "to_float",
 ]

@@ -1,4 +1,5 @@
-"""Wafer-map noise: die codes 0 (off-wafer), 1 (pass), 2 (fail) stay in that set."""
+"""Wafer maps: die codes 0 (off-wafer), 1 (pass), 2 (fail); the noise that keeps them in that
+set, and the model-input encodings (the one table of them: ``WAFER_ENCODINGS``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,27 @@ from torch import Tensor
 from selfsup.views.sampling import bernoulli, check_probability, check_range, rand, uniform
 
 OFF_WAFER, PASS, FAIL = 0, 1, 2
+# model-input encoding -> channels per code channel. "codes": the codes themselves (1 channel);
+# "fail_mask": (fail die, on-wafer die) as 0/1, WaPIRL's input (Kahng & Kim, IEEE T-SM 2021)
+WAFER_ENCODINGS: dict[str, int] = {"codes": 1, "fail_mask": 2}
+
+
+def check_encoding(encoding: str, label: str = "encoding") -> str:
+    """``encoding`` if it names a wafer encoding, else ValueError (``label`` names the argument)."""
+    if encoding not in WAFER_ENCODINGS:
+        raise ValueError(f"{label} must be one of {sorted(WAFER_ENCODINGS)}, got '{encoding}'")
+    return encoding
+
+
+def encode_codes(codes: Tensor, encoding: str) -> Tensor:
+    """Die codes [..., 1, H, W] -> model input [..., WAFER_ENCODINGS[encoding], H, W], same dtype.
+
+    "codes": unchanged. "fail_mask": channel 0 = 1 where a die failed, channel 1 = 1 on the wafer;
+    the mask tells a pass die from the background without an intermediate grey level.
+    """
+    if check_encoding(encoding) == "fail_mask":
+        return torch.cat([codes == FAIL, codes > OFF_WAFER], dim=-3).to(codes.dtype)
+    return codes
 
 
 def die_flip_noise(

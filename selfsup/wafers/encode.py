@@ -7,6 +7,9 @@
   (Kahng & Kim, IEEE T-SM 34(1), 2021). The mask channel tells a pass die from the background
   without relying on an intermediate grey level. Die-flip noise written for codes does not
   apply to it.
+
+The table of encodings and the encoding itself live in ``selfsup.views.wafer`` (the views end
+with the same step); this module applies them to stored maps, numpy or torch.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-WAFER_ENCODINGS = {"codes": 1, "fail_mask": 2}  # encoding -> channels
+from selfsup.views.wafer import FAIL, WAFER_ENCODINGS, check_encoding, encode_codes
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -28,20 +31,16 @@ def encode_wafer(map2d: ArrayT, mode: str = "codes") -> ArrayT:
     die failed (code 2), channel 1 = 1 on the wafer (code 1 or 2). Values other than 0/1/2
     raise ValueError: a map scaled to 0/128/255 must be converted back first.
     """
-    if mode not in WAFER_ENCODINGS:
-        raise ValueError(
-            f"encode_wafer: mode must be one of {sorted(WAFER_ENCODINGS)}, got '{mode}'"
-        )
+    check_encoding(mode, "encode_wafer: mode")
     if map2d.ndim < 2:
         raise ValueError(f"encode_wafer: need a map [..., H, W], got shape {tuple(map2d.shape)}")
     is_numpy = isinstance(map2d, np.ndarray)
     codes = torch.from_numpy(np.ascontiguousarray(map2d)) if is_numpy else map2d
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 2):
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > FAIL):
         bad = sorted({int(v) for v in codes.unique().tolist()} - {0, 1, 2})[:5]
         raise ValueError(f"encode_wafer: values must be codes 0/1/2, found {bad}")
-    codes = codes.to(torch.uint8)
-    if mode == "codes":
-        out = codes.unsqueeze(-3)
-    else:
-        out = torch.stack([codes == 2, codes > 0], dim=-3).to(torch.uint8)
+    out = encode_codes(codes.to(torch.uint8).unsqueeze(-3), mode)
     return out.numpy() if is_numpy else out
+
+
+__all__ = ["WAFER_ENCODINGS", "encode_wafer"]

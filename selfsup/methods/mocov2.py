@@ -1,4 +1,4 @@
-"""MoCo v2 (He et al. 2020; Chen et al. 2020) and its queue of negative keys."""
+"""MoCo v2 (He et al. 2020; Chen et al. 2020)."""
 
 from __future__ import annotations
 
@@ -10,37 +10,9 @@ from torch.nn import functional as F
 
 from selfsup.heads import mlp
 from selfsup.losses import infonce_queue_loss
-from selfsup.methods.base import LossOutput, embedding_std, register
+from selfsup.methods.base import LossOutput, check_positive, embedding_std, register
 from selfsup.methods.momentum import MomentumMethod
-from selfsup.runtime.distributed import gather_no_grad
-
-
-class KeyQueue(nn.Module):
-    """A FIFO queue of L2-normalised keys [size, dim], kept in buffers (saved in checkpoints).
-
-    ``push(keys)`` gathers the keys of every rank (rank order, no gradient) and overwrites the
-    oldest entries, so all ranks hold the same queue. Starts as random unit vectors (MoCo).
-    """
-
-    def __init__(self, size: int, dim: int) -> None:
-        super().__init__()
-        if size < 1 or dim < 1:
-            raise ValueError(f"queue size and dim must be >= 1, got size={size}, dim={dim}")
-        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def push(self, keys: Tensor) -> None:
-        keys = gather_no_grad(keys.detach()).to(self.keys.dtype)
-        size = self.keys.shape[0]
-        if keys.shape[0] > size:
-            raise ValueError(
-                f"queue_size={size} is smaller than the keys pushed per step ({keys.shape[0]} = "
-                "global batch size); raise queue_size"
-            )
-        index = (self.ptr + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.keys.index_copy_(0, index, keys)
-        self.ptr.copy_((self.ptr + keys.shape[0]) % size)
+from selfsup.methods.queue import KeyQueue
 
 
 @register("mocov2")
@@ -51,8 +23,10 @@ class MoCoV2(MomentumMethod):
     Learning", CVPR 2020, eq. 1-2; Chen, Fan, Girshick & He, "Improved Baselines with Momentum
     Contrastive Learning", 2020 (MLP head, blur, t = 0.2). With q = f_q(x1), k = f_k(x2):
         L = -log exp(q.k/t) / (exp(q.k/t) + sum_{n in queue} exp(q.n/t)),
-        theta_k <- m theta_k + (1 - m) theta_q (m = 0.999, after every optimizer step).
+        theta_k <- m theta_k + (1 - m) theta_q (m = ``base_momentum`` = 0.999, constant,
+        after every optimizer step).
     Keys of all ranks are enqueued FIFO after the loss (queue of 65536 keys of dim 128).
+    Shapes: views 2 x [B, C, H, W]; q, k [B, proj_dim]; queue [queue_size, proj_dim].
 
     ``symmetric=True`` adds the swapped term and averages (not in MoCo v2; both keys are then
     enqueued). Not implemented: ShuffleBN. Without it, BatchNorm statistics inside one device's
@@ -61,29 +35,32 @@ class MoCoV2(MomentumMethod):
     """
 
     view_recipe = "simclr"  # MoCo v2's augmentations are SimCLR's (with blur)
+    renamed_arguments = {"momentum": ("base_momentum", "the EMA rate of the key encoder")}
 
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
+        feature_size: int | None = None,
         *,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         queue_size: int = 65536,
         temperature: float = 0.2,
-        momentum: float = 0.999,
+        base_momentum: float = 0.999,
         symmetric: bool = False,
         **kwargs: Any,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"mocov2: temperature must be > 0, got {temperature}")
-        super().__init__(backbone, **kwargs)
+        check_positive("mocov2", temperature=temperature)
+        super().__init__(backbone, feature_size, **kwargs)
         self.temperature = temperature
         self.symmetric = symmetric
         # MoCo v2's head: fc-ReLU-fc without BatchNorm
         self.projector = mlp(self.feature_dim, proj_hidden_dim, proj_dim, batch_norm=False)
         self.queue = KeyQueue(queue_size, proj_dim)
         self.add_momentum_targets(
-            {"key_backbone": "backbone", "key_projector": "projector"}, momentum, momentum
+            {"key_backbone": "backbone", "key_projector": "projector"},
+            base_momentum,
+            base_momentum,
         )
 
     def training_loss(self, views: list[Tensor]) -> LossOutput:
