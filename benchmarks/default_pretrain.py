@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_line  # noqa: E402
 
 import selfsup  # noqa: E402
-from selfsup.train.report import knn_comparison_table  # noqa: E402
+from selfsup.eval.report import knn_comparison_table  # noqa: E402
 from selfsup.train.runfolder import read_summary  # noqa: E402
 
 

@@ -37,8 +37,8 @@ from selfsup.config import apply_overrides  # noqa: E402
 from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
 from selfsup.eval.finetune import finetune  # noqa: E402
-from selfsup.eval.progress import Progress  # noqa: E402
 from selfsup.runtime.precision import resolve_precision  # noqa: E402
+from selfsup.runtime.progress import Progress  # noqa: E402
 
 LABEL_SPLITS = ("train_1", "train_10", "train_20")
 SPLIT_LABEL = {"train_1": "1 %", "train_10": "10 %", "train_20": "20 %"}

@@ -20,6 +20,8 @@ _PUBLIC = {
     "list_methods": "selfsup.methods",
     "pretrain": "selfsup.train.pretrain",
     "load_backbone": "selfsup.artifacts",
+    "evaluate": "selfsup.eval.api",
+    "EvaluationResult": "selfsup.eval.api",
     "Supervisor": "selfsup.supervisor",
     "CombinedNet": "selfsup.supervisor",
     "as_image_dataset": "selfsup.data.torch_dataset",

@@ -10,9 +10,9 @@ import torch
 import selfsup
 from selfsup.artifacts import load_method_from_checkpoint
 from selfsup.cli import main
-from selfsup.cli.eval import _match_styles
 from selfsup.data import ImageDataset
 from selfsup.data.dataset import CHANNEL_CONVERSIONS, WAFER_AS_GREY
+from selfsup.eval.transfer import match_styles
 
 
 def pretrain_args(train, val, out, *extra):
@@ -280,9 +280,9 @@ def test_cli_transfer_from_a_wafer_backbone_feeds_natural_images_in_its_range(id
 def test_transfer_shows_wafer_maps_to_a_natural_backbone_as_grey_levels():
     maps = ImageDataset(torch.tensor([[[[0, 1], [2, 1]]]], dtype=torch.uint8), style="wafer")
     meta = {"view_style": "natural", "in_channels": 1, "image_size": 2}
-    splits, preprocess, note = _match_styles({"train": maps}, meta, "own preprocess")
+    splits, preprocess, note = match_styles({"train": maps}, meta, "own preprocess")
     assert splits["train"].images.flatten().tolist() == [0, 128, 255, 128]
     assert splits["train"].style == "natural" and preprocess == "own preprocess"
     assert note == WAFER_AS_GREY
-    same = _match_styles({"train": maps}, {**meta, "view_style": "wafer"}, "own preprocess")
+    same = match_styles({"train": maps}, {**meta, "view_style": "wafer"}, "own preprocess")
     assert same == ({"train": maps}, "own preprocess", None)

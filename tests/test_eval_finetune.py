@@ -7,8 +7,9 @@ import torch
 from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.cli.eval import label_fraction
-from selfsup.eval.finetune import class_weights, finetune, probe_head, stratified_fraction
-from selfsup.eval.progress import Progress, format_seconds
+from selfsup.eval.finetune import class_weights, finetune, probe_head
+from selfsup.eval.protocol import stratified_fraction
+from selfsup.runtime.progress import Progress, format_seconds
 
 
 def test_stratified_fraction_is_stratified_seeded_and_keeps_every_class():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from selfsup.eval import classification_metrics, extract_features, knn_classify, knn_evaluate
-from selfsup.eval.progress import Progress
+from selfsup.runtime.progress import Progress
 
 # --- weighted kNN --------------------------------------------------------------------------------
 
@@ -210,3 +210,28 @@ def test_knn_and_feature_extraction_report_batches(random_knn_data, net_and_imag
     ]
     extract_features(net, images, preprocess, progress=Progress(enabled=False, every=0))
     assert capsys.readouterr().err == ""
+
+
+# --- metric names -------------------------------------------------------------------------------
+
+
+def test_knn_metric_keys_are_built_and_read_back_by_one_pair_of_functions(random_knn_data):
+    from selfsup.eval.metric_keys import knn_metric_key, knn_monitor_key, parse_knn_metric_key
+
+    assert knn_metric_key(5) == "knn5_macro_f1"
+    assert knn_monitor_key(200, "balanced_accuracy") == "val/knn200_balanced_accuracy"
+    assert parse_knn_metric_key("knn5_top5_accuracy") == (5, "top5_accuracy")
+    assert parse_knn_metric_key("val/knn200_macro_f1", prefix="val/") == (200, "macro_f1")
+    for other in ("knn_macro_f1", "knn5_recall", "val/knn5_macro_f1", "knn05_accuracy", "loss"):
+        assert parse_knn_metric_key(other) is None, other
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
+        knn_metric_key(0)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        knn_metric_key(5, "recall")
+    bank, labels, queries = random_knn_data
+    scores = knn_evaluate(bank, labels, queries, labels[:13], k=[3, 10])
+    assert {parse_knn_metric_key(key) for key in scores} == {
+        (k, metric)
+        for k in (3, 10)
+        for metric in ("accuracy", "balanced_accuracy", "macro_f1")  # 4 classes: no top-5
+    }

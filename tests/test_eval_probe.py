@@ -6,7 +6,7 @@ import selfsup
 from selfsup.cli import main
 from selfsup.eval import ProbeResult, linear_probe, macro_f1, mlp_probe
 from selfsup.eval.probe import _balanced_weights, folded_linear
-from selfsup.eval.progress import Progress
+from selfsup.runtime.progress import Progress
 
 FAST = {"weight_decays": (0.0, 1e-3), "epochs": 30}
 

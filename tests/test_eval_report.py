@@ -1,5 +1,6 @@
 """Run reports: plots from metrics.csv and labelled data; honest notes when inputs are missing."""
 
+import json
 import re
 import shutil
 import sys
@@ -13,7 +14,8 @@ from PIL import Image
 import selfsup
 from selfsup.data import load_dataset
 from selfsup.eval.embedding_map import nearest_neighbours, pca, tsne
-from selfsup.eval.report import PLOTS, retrieval_queries, write_report
+from selfsup.eval.report import PLOTS, write_report
+from selfsup.eval.report_evaluation import retrieval_queries
 from selfsup.eval.run_curves import knn_curves, read_metrics, series, smoothed
 
 
@@ -192,7 +194,7 @@ def test_tsne_without_scikit_learn_gives_a_reason(monkeypatch):
 
 
 def test_report_rejects_data_that_does_not_fit_the_backbone(tmp_path):
-    from selfsup.eval.report import resolve_eval_data
+    from selfsup.eval.report_data import resolve_eval_data
 
     data = load_dataset(str(tinted_npz(tmp_path / "v.npz", 6, 0)), image_size=8)
     meta = {"in_channels": 3, "image_size": 16}
@@ -201,3 +203,44 @@ def test_report_rejects_data_that_does_not_fit_the_backbone(tmp_path):
     data16 = load_dataset(str(tmp_path / "v.npz"), image_size=16)
     found = resolve_eval_data({}, meta, data16, None, None, 0)  # no training data: halves
     assert len(found.bank) == 3 and len(found.queries) == 3 and "two halves" in found.note
+
+
+def test_knn_table_has_one_row_per_k_in_numeric_order():
+    from selfsup.eval.report import knn_comparison_table
+
+    summary = {
+        "random_init": {"knn200_macro_f1": 0.1, "knn5_macro_f1": 0.25},
+        "pretrained": {"knn200_macro_f1": 0.4, "knn5_macro_f1": 0.5, "knn5_accuracy": 0.75},
+    }
+    rows = knn_comparison_table(summary).splitlines()[2:]
+    assert rows == [
+        "| k=5 | 0.2500 | 0.5000 | n/a | n/a |",
+        "| k=200 | 0.1000 | 0.4000 | n/a | n/a |",
+    ]
+    assert "no kNN table" in knn_comparison_table({"pretrained": {"loss": 1.0}})
+
+
+def test_training_end_report_is_the_same_report_without_the_embedding_plots(tmp_path):
+    from selfsup.eval.report import NOT_EVALUATED
+    from selfsup.eval.report_evaluation import EVALUATION_PLOTS
+
+    run = tmp_path / "resumed"
+    (run / "plots").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: byol\nbackbone: convnet_tiny\ndata: wafers\n")
+    summary = {
+        "method": "byol",
+        "backbone": "convnet_tiny",
+        "steps": 12,
+        "pretrained": {"knn5_macro_f1": 0.5},
+        "random_init": {"knn5_macro_f1": 0.25},
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    for key in EVALUATION_PLOTS:  # drawn by an earlier `selfsup report`, before the resume
+        (run / "plots" / PLOTS[key]).write_bytes(b"stale")
+    report = write_report(run, evaluation=False).read_text()
+    assert "byol with a convnet_tiny backbone" in report and "| k=5 | 0.2500 | 0.5000 |" in report
+    assert "| steps | 12 |" in report
+    assert report.count(f"_Skipped: {NOT_EVALUATED}._") == len(EVALUATION_PLOTS)
+    assert "`selfsup report RUN`" in NOT_EVALUATED
+    assert "no trained backbone" not in report  # evaluation was not attempted
+    assert not any((run / "plots" / PLOTS[key]).exists() for key in EVALUATION_PLOTS)

@@ -58,6 +58,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", message="Experiment logs directory .* exists and is not empty"
     )
+    # a resumed run's checkpoints folder holds its checkpoints: that is the point of resuming
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "💡 Tip" not in record.getMessage()

@@ -10,8 +10,8 @@ from selfsup.cli.common import FORMATTER, add_trust_arg
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.config import resolve_config
+    from selfsup.eval.report import knn_comparison_table
     from selfsup.train.pretrain import pretrain
-    from selfsup.train.report import knn_comparison_table
     from selfsup.train.runfolder import read_summary
     from selfsup.train.trainer import is_main_process
 

@@ -14,8 +14,8 @@ from selfsup.cli.common import FORMATTER, add_load_args, add_trust_arg
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from selfsup.cli.eval import load_eval_data
     from selfsup.eval import extract_features
+    from selfsup.eval.protocol import load_eval_data
 
     backbone, preprocess, meta = load_trained(
         args.run, args.checkpoint, trust_checkpoint=args.trust_checkpoint

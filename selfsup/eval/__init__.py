@@ -1,5 +1,8 @@
 """Evaluation of frozen features: extraction, weighted kNN, linear / MLP probes, metrics.
 
+One call runs a whole protocol on a run or a loaded backbone (``selfsup.eval.api``, also
+``selfsup.evaluate``): ``evaluate(run, protocol="linear", label_fraction=0.1)``. The pieces:
+
 ```
 feats = extract_features(backbone, images, preprocess)          # [N, D], eval mode, no grad
 knn_evaluate(train_f, train_y, val_f, val_y, k=[5, 200])        # {"knn5_macro_f1": ..., ...}

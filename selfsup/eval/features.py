@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from selfsup.eval.progress import Progress, resolve_progress
 from selfsup.runtime.precision import resolve_precision
+from selfsup.runtime.progress import Progress, resolve_progress
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

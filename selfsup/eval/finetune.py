@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -24,29 +24,9 @@ from torch.nn import functional as F
 from selfsup.eval.features import extract_features
 from selfsup.eval.metrics import classification_metrics, macro_f1
 from selfsup.eval.probe import folded_linear, linear_probe
-from selfsup.eval.progress import Progress, resolve_progress
 from selfsup.runtime.allocator import heap_allocations
-from selfsup.train.optim import parameter_groups, warmup_cosine
-
-
-def stratified_fraction(
-    labels: Tensor, fraction: float, seed: int = 0, *, name: str = "label_fraction"
-) -> Tensor:
-    """Indices of a class-stratified random ``fraction`` of ``labels`` (at least one per class).
-
-    Deterministic for a seed; sorted. labels: [N] int64. A ``fraction`` outside (0, 1] (or not
-    a number) is a ValueError naming it as ``name``.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {fraction}")
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for cls in labels.unique():
-        members = (labels == cls).nonzero().squeeze(1)
-        count = max(1, round(fraction * members.numel()))
-        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:count]])
-    return torch.cat(chosen).sort().values
-
+from selfsup.runtime.optim import parameter_groups, warmup_cosine
+from selfsup.runtime.progress import Progress, resolve_progress
 
 HEAD_INITS = ("zero", "probe")
 
@@ -230,46 +210,23 @@ def finetune(
             backbone, train_images, train_labels, val_images, val_labels, preprocess=preprocess,
             num_classes=num_classes, precision=precision, seed=seed, progress=progress,
         )  # fmt: skip
-    model = Classifier(copy.deepcopy(backbone), num_classes, head)
-    device = next(backbone.parameters()).device
-    model.to(device)
-    optimizer = _optimizer(model, lr, backbone_lr, weight_decay)
-    n = train_images.shape[0]
-    batch_size = min(batch_size, n)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = max(epochs * steps_per_epoch, min_steps, 1)
-    eval_at = {round(total * (i + 1) / evaluations) for i in range(evaluations)}
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    weight = class_weights(train_labels, num_classes, class_weighting)
-    loss_fn = partial(
-        F.cross_entropy, weight=None if weight is None else weight.to(device),
-        label_smoothing=label_smoothing,
+    trainer = _Trainer.create(
+        Classifier(copy.deepcopy(backbone), num_classes, head), augment, preprocess, lr=lr,
+        backbone_lr=backbone_lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
+        class_weight=class_weights(train_labels, num_classes, class_weighting),
+        precision=precision,
     )  # fmt: skip
-    autocast = partial(
-        torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"
-    )
-    batches = _batches(n, batch_size, torch.Generator().manual_seed(seed))
-    selection = _Selection()
-    task = resolve_progress(progress).task("fine-tune", total, "steps")
-    with heap_allocations(device.type == "cpu"):  # freed activations reused, not re-faulted
-        for step in range(1, total + 1):
-            factor = warmup_cosine(step - 1, total, max(1, total // 20))
-            for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                g["lr"] = base * factor
-            idx = next(batches)
-            x, y = augment(train_images[idx].to(device)), train_labels[idx].to(device)
-            _sgd_step(model, optimizer, x, y, loss_fn, autocast, backbone_lr is None)
-            if step in eval_at:
-                with autocast():
-                    preds = _predict(model, val_images, preprocess).argmax(1)
-                selection.record(step, macro_f1(val_labels, preds, num_classes), model)
-            task.update(step, selection.status())
-    task.close()
+    batch_size = min(batch_size, train_images.shape[0])
+    steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
+    batches = _batches(train_images.shape[0], batch_size, torch.Generator().manual_seed(seed))
+    selection = trainer.run(
+        max(epochs * steps_per_epoch, min_steps, 1), evaluations, batches,
+        (train_images, train_labels), (val_images, val_labels), progress,
+    )  # fmt: skip
+    model = trainer.model
     model.load_state_dict(selection.state)
-    return FinetuneResult(
-        model.eval(), selection.step, selection.step / steps_per_epoch, selection.score,
-        selection.history,
-    )  # fmt: skip
+    step, score, history = selection.step, selection.score, selection.history
+    return FinetuneResult(model.eval(), step, step / steps_per_epoch, score, history)
 
 
 def _check_finetune_args(train_images: Tensor, evaluations: int, head_init: str) -> None:
@@ -281,25 +238,92 @@ def _check_finetune_args(train_images: Tensor, evaluations: int, head_init: str)
         raise ValueError(f"finetune: head_init must be one of {HEAD_INITS}, got '{head_init}'")
 
 
-def _sgd_step(
-    model: Classifier,
-    optimizer: torch.optim.Optimizer,
-    x: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    autocast: Callable[[], torch.autocast],
-    frozen_backbone: bool,
-) -> None:
-    """One training step on the batch (x, y); a frozen backbone stays in eval mode."""
-    model.train()
-    if frozen_backbone:
-        model.backbone.eval()
-    with autocast():
-        logits = model(x)
-    loss = loss_fn(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+@dataclass
+class _Trainer:
+    """The fine-tuning loop's parts: the model and its optimizer, the training augmentation and
+    the eval transform, the loss, the autocast context, and whether the backbone is frozen
+    (it then stays in eval mode)."""
+
+    model: Classifier
+    optimizer: torch.optim.Optimizer
+    augment: Callable[[Tensor], Tensor]
+    preprocess: Callable[[Tensor], Tensor]
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    autocast: Callable[[], torch.autocast]
+    frozen_backbone: bool
+
+    @classmethod
+    def create(
+        cls,
+        model: Classifier,
+        augment: Callable[[Tensor], Tensor],
+        preprocess: Callable[[Tensor], Tensor],
+        *,
+        lr: float,
+        backbone_lr: float | None,
+        weight_decay: float,
+        class_weight: Tensor | None,
+        label_smoothing: float,
+        precision: str,
+    ) -> _Trainer:
+        """SGD on ``model``, moved to its backbone's device (``backbone_lr`` None: backbone
+        frozen), weighted cross-entropy, bf16 autocast when ``precision`` is "bf16-mixed"."""
+        device = next(model.backbone.parameters()).device
+        model.to(device)
+        weight = None if class_weight is None else class_weight.to(device)
+        return cls(
+            model, _optimizer(model, lr, backbone_lr, weight_decay), augment, preprocess,
+            loss_fn=partial(F.cross_entropy, weight=weight, label_smoothing=label_smoothing),
+            autocast=partial(
+                torch.autocast, device.type, dtype=torch.bfloat16,
+                enabled=precision == "bf16-mixed",
+            ),
+            frozen_backbone=backbone_lr is None,
+        )  # fmt: skip
+
+    def run(
+        self,
+        total: int,
+        evaluations: int,
+        batches: Iterator[Tensor],
+        train: tuple[Tensor, Tensor],
+        val: tuple[Tensor, Tensor],
+        progress: Progress | None,
+    ) -> _Selection:
+        """``total`` warm-up + cosine steps on ``batches`` of ``train``, scored on ``val``
+        ``evaluations`` times, evenly spaced: every score and the best step's weights."""
+        device = next(self.model.parameters()).device
+        num_classes = self.model.head.out_features
+        eval_at = {round(total * (i + 1) / evaluations) for i in range(evaluations)}
+        base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        selection = _Selection()
+        task = resolve_progress(progress).task("fine-tune", total, "steps")
+        with heap_allocations(device.type == "cpu"):  # freed activations reused, not re-faulted
+            for step in range(1, total + 1):
+                factor = warmup_cosine(step - 1, total, max(1, total // 20))
+                for g, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
+                    g["lr"] = base * factor
+                idx = next(batches)
+                self.step(self.augment(train[0][idx].to(device)), train[1][idx].to(device))
+                if step in eval_at:
+                    with self.autocast():
+                        preds = _predict(self.model, val[0], self.preprocess).argmax(1)
+                    selection.record(step, macro_f1(val[1], preds, num_classes), self.model)
+                task.update(step, selection.status())
+        task.close()
+        return selection
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        """One training step on the batch (x, y); a frozen backbone stays in eval mode."""
+        self.model.train()
+        if self.frozen_backbone:
+            self.model.backbone.eval()
+        with self.autocast():
+            logits = self.model(x)
+        loss = self.loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
 
 @dataclass

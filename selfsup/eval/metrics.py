@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# what every evaluation table shows: accuracy alone misleads on imbalanced data (DESIGN.md)
+REPORTED_METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
+
 
 def as_label_tensor(labels: Any, name: str) -> Tensor:
     """Labels (tensor, numpy array or list) as a 1-D int64 tensor; ``name`` is used in errors."""

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from selfsup.eval.metrics import as_label_tensor, classification_metrics, macro_f1
-from selfsup.eval.progress import Progress, ProgressTask, resolve_progress
+from selfsup.runtime.progress import Progress, ProgressTask, resolve_progress
 
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
 # Default learning rate per optimizer (L-BFGS scales its step by line search).
@@ -389,7 +389,35 @@ def _train_one(
     tick: Callable[[], None],
 ) -> list[float]:
     """Train one candidate, updating ``best`` in place; returns val macro-F1 per epoch."""
-    (x, y), (xv, yv) = train, val
+    train_epoch = _epoch_trainer(head, weight_decay, train, s, order)
+    scores: list[float] = []
+    since_best = 0
+    for epoch in range(1, s.epochs + 1):
+        head.train()
+        train_epoch()
+        key = _val_key(head, *val, s)
+        f1 = key[0]
+        if key > best.key:
+            best.key, best.weight_decay, best.epoch = key, weight_decay, epoch
+            best.state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        since_best = 0 if not scores or f1 > max(scores) else since_best + 1
+        scores.append(f1)
+        tick()
+        if s.patience is not None and since_best >= s.patience:
+            break
+    return scores
+
+
+def _epoch_trainer(
+    head: nn.Module,
+    weight_decay: float,
+    train: tuple[Tensor, Tensor],
+    s: _Settings,
+    order: torch.Generator,
+) -> Callable[[], None]:
+    """One epoch of training for ``head``: an L-BFGS iteration on the full batch, or a pass of
+    Adam over (mini-)batches drawn with ``order``."""
+    x, y = train
     decayed = [p for p in head.parameters() if p.ndim > 1]
 
     def objective(xb: Tensor, yb: Tensor) -> Tensor:
@@ -415,38 +443,22 @@ def _train_one(
             loss.backward()
             return loss
 
-    else:
-        adam = torch.optim.Adam(head.parameters(), lr=s.lr)
+        return partial(lbfgs.step, closure)
+    adam = torch.optim.Adam(head.parameters(), lr=s.lr)
 
-    scores: list[float] = []
-    since_best = 0
-    for epoch in range(1, s.epochs + 1):
-        head.train()
-        if s.optimizer == "lbfgs":
-            lbfgs.step(closure)
-        else:
-            batches = (
-                [None]
-                if s.batch_size is None
-                else torch.randperm(x.shape[0], generator=order).to(x.device).split(s.batch_size)
-            )
-            for idx in batches:
-                loss = objective(x, y) if idx is None else objective(x[idx], y[idx])
-                adam.zero_grad(set_to_none=True)
-                loss.backward()
-                adam.step()
+    def adam_epoch() -> None:
+        batches = (
+            [None]
+            if s.batch_size is None
+            else torch.randperm(x.shape[0], generator=order).to(x.device).split(s.batch_size)
+        )
+        for idx in batches:
+            loss = objective(x, y) if idx is None else objective(x[idx], y[idx])
+            adam.zero_grad(set_to_none=True)
+            loss.backward()
+            adam.step()
 
-        key = _val_key(head, xv, yv, s)
-        f1 = key[0]
-        if key > best.key:
-            best.key, best.weight_decay, best.epoch = key, weight_decay, epoch
-            best.state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        since_best = 0 if not scores or f1 > max(scores) else since_best + 1
-        scores.append(f1)
-        tick()
-        if s.patience is not None and since_best >= s.patience:
-            break
-    return scores
+    return adam_epoch
 
 
 @torch.no_grad()

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from selfsup.eval.embedding_map import class_colors, new_figure, save_figure
+from selfsup.eval.metric_keys import MONITOR_PREFIX, knn_metric_key, parse_knn_metric_key
 
 SMOOTH_MIN_POINTS = 20
-_KNN_KEY = re.compile(r"^val/knn(\d+)_(macro_f1|balanced_accuracy)$")
+PLOTTED_KNN_METRICS = (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"))
 _PART = re.compile(r"^metrics\.part(\d+)\.csv$")
 
 Outcome = Path | str  # a written plot, or the reason it was skipped
@@ -100,24 +101,30 @@ def plot_training(rows: list[dict[str, float]], path: Path) -> Outcome:
     return save_figure(fig, path)
 
 
+def _plotted_knn_key(key: str, prefix: str) -> tuple[int, str] | None:
+    """(k, metric) of a kNN key whose metric the monitor plot shows; None otherwise."""
+    parsed = parse_knn_metric_key(key, prefix=prefix)
+    plotted = {metric for metric, _ in PLOTTED_KNN_METRICS}
+    return parsed if parsed and parsed[1] in plotted else None
+
+
 def knn_curves(
     rows: list[dict[str, float]], summary: dict[str, Any]
 ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
     """{(k, metric): (epochs, values)} from metrics.csv, else from summary.json's history."""
     curves = {}
-    keys = sorted({key for row in rows for key in row if _KNN_KEY.match(key)})
-    for key in keys:
-        m = _KNN_KEY.match(key)
-        assert m is not None
-        curves[(int(m.group(1)), m.group(2))] = series(rows, key, x="epoch")
+    for key in sorted({key for row in rows for key in row}):
+        parsed = _plotted_knn_key(key, MONITOR_PREFIX)
+        if parsed:
+            curves[parsed] = series(rows, key, x="epoch")
     if curves:
         return curves
     history = summary.get("knn_history") or []
     for key in sorted({k for entry in history for k in entry}):
-        m = _KNN_KEY.match(f"val/{key}")
-        if m:
+        parsed = _plotted_knn_key(key, "")
+        if parsed:
             pts = [(e["epoch"], e[key]) for e in history if key in e and "epoch" in e]
-            curves[(int(m.group(1)), m.group(2))] = (
+            curves[parsed] = (
                 np.array([p[0] for p in pts], float),
                 np.array([p[1] for p in pts], float),
             )
@@ -134,7 +141,7 @@ def plot_knn_monitor(rows: list[dict[str, float]], summary: dict[str, Any], path
     random_init = summary.get("random_init") or {}
     ks = sorted({k for k, _ in curves})
     colors = dict(zip(ks, class_colors(max(len(ks), 1)), strict=False))
-    metrics = [("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy")]
+    metrics = PLOTTED_KNN_METRICS
     fig = new_figure(10.0, 3.8)
     axes = fig.subplots(1, 2)
     for ax, (metric, title) in zip(axes, metrics, strict=True):
@@ -142,7 +149,7 @@ def plot_knn_monitor(rows: list[dict[str, float]], summary: dict[str, Any], path
             if (k, metric) in curves:
                 x, y = curves[(k, metric)]
                 ax.plot(x, y, marker="o", color=colors[k], label=f"k={k}")
-            baseline = random_init.get(f"knn{k}_{metric}")
+            baseline = random_init.get(knn_metric_key(k, metric))
             if baseline is not None:
                 ax.axhline(baseline, linestyle="--", color=colors[k], label=f"k={k} random init")
         ax.set_xlabel("epoch")

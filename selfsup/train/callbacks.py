@@ -4,64 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
-from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from selfsup.eval.progress import Progress
+from selfsup.eval.knn import KNN_TEMPERATURE, backbone_knn_scores
+from selfsup.eval.metric_keys import MONITOR_PREFIX, knn_metric_key
 
 log = logging.getLogger("selfsup.train")
 
 
-def backbone_knn_scores(
-    backbone: nn.Module,
-    preprocess: Callable[[Tensor], Tensor],
-    bank: Any,
-    queries: Any,
-    *,
-    k: list[int],
-    temperature: float = 0.1,
-    precision: str = "32-true",
-    batch_size: int = 512,
-    progress: Progress | None = None,
-) -> dict[str, float]:
-    """kNN scores of ``backbone`` features: labelled ``bank`` votes for ``queries``.
-
-    Both datasets hold ``images`` (uint8 [N, C, H, W]) and ``labels``. Cosine similarity,
-    exp(sim / temperature) weighted vote, for every k in ``k``. ``progress`` defaults to quiet:
-    the training monitors log one line per pass themselves, beside the trainer's progress bar.
-    """
-    from selfsup.eval import extract_features, knn_evaluate
-    from selfsup.eval.progress import Progress
-
-    progress = progress or Progress(enabled=False)
-    bank_f = extract_features(
-        backbone, bank.images, preprocess, batch_size=batch_size, precision=precision,
-        progress=progress,
-    )  # fmt: skip
-    query_f = extract_features(
-        backbone, queries.images, preprocess, batch_size=batch_size, precision=precision,
-        progress=progress,
-    )  # fmt: skip
-    num_classes = int(max(int(bank.labels.max()), int(queries.labels.max())) + 1)
-    return knn_evaluate(
-        bank_f,
-        bank.labels,
-        query_f,
-        queries.labels,
-        k=list(k),
-        temperature=temperature,
-        num_classes=num_classes,
-        progress=progress,
-    )
-
-
 class KNNMonitor(L.Callback):
-    """Logs ``val/knn{k}_{macro_f1,balanced_accuracy,accuracy}`` every ``every_n_epochs`` epochs.
+    """Logs ``knn_monitor_key(k, metric)`` (``val/knn5_macro_f1``, ...) for every k and kNN
+    metric every ``every_n_epochs`` epochs.
 
     Every rank computes the same scores (evaluation data is small next to training), so
     Lightning's EarlyStopping can read them on all ranks.
@@ -73,7 +29,7 @@ class KNNMonitor(L.Callback):
         queries: Any,
         *,
         k: list[int],
-        temperature: float = 0.1,
+        temperature: float = KNN_TEMPERATURE,
         every_n_epochs: int = 1,
         precision: str = "32-true",
     ) -> None:
@@ -101,9 +57,10 @@ class KNNMonitor(L.Callback):
             temperature=self.temperature,
             precision=self.precision,
         )
-        pl_module.log_dict({f"val/{key}": value for key, value in scores.items()}, sync_dist=False)
+        logged = {MONITOR_PREFIX + key: value for key, value in scores.items()}
+        pl_module.log_dict(logged, sync_dist=False)
         self.history.append({"epoch": epoch, **scores})
-        main = f"knn{self.k[0]}_macro_f1"
+        main = knn_metric_key(self.k[0])
         log.info(
             "epoch %d: kNN %s = %.4f (%.1f s)",
             epoch,

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 
 from selfsup.config import PretrainConfig
+from selfsup.eval.metric_keys import knn_metric_key
 from selfsup.runtime.files import load_checkpoint_file
 from selfsup.train.callbacks import CollapseMonitor, KNNMonitor, ThroughputMonitor
 from selfsup.train.module import PretrainModule
@@ -68,7 +69,7 @@ def finish_run(
     for cb in callbacks:
         if isinstance(cb, KNNMonitor) and cb.history:
             history = summary.get("knn_history", []) + cb.history
-            key = f"knn{cfg.knn_k[0]}_macro_f1"
+            key = knn_metric_key(cfg.knn_k[0])
             chosen = max(history, key=lambda h: h[key]) if best.is_file() else history[-1]
             summary["pretrained"] = {k: v for k, v in chosen.items() if k != "epoch"}
             summary["pretrained_epoch"] = chosen["epoch"]
@@ -89,6 +90,6 @@ def finish_run(
         }
     )
     write_summary(run_dir, summary)
-    from selfsup.train.report import write_run_report
+    from selfsup.eval.report import write_report
 
-    write_run_report(run_dir, summary)
+    write_report(run_dir, evaluation=False)

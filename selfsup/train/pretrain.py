@@ -14,13 +14,11 @@ from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig, resolve_config
 from selfsup.data.dataset import MEMORY_PREFIX, ImageDataset, absolute_spec, spec_kind
 from selfsup.data.torch_dataset import as_image_dataset
+from selfsup.eval.knn import backbone_knn_scores
 from selfsup.methods import METHODS, build
 from selfsup.runtime.allocator import glibc, heap_allocations
 from selfsup.runtime.optim import scaled_lr
 from selfsup.runtime.precision import on_gpu, resolve_channels_last, resolve_precision
-from selfsup.train.callbacks import (
-    backbone_knn_scores,
-)
 from selfsup.train.finish import finish_run, metrics_parts, remove_unstarted_run
 from selfsup.train.module import PretrainModule, total_training_steps, warmup_steps_for
 from selfsup.train.resume import explicit_keys, resumed_config

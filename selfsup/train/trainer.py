@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from selfsup.config import PretrainConfig
+from selfsup.eval.metric_keys import knn_monitor_key
 from selfsup.runtime.precision import on_gpu
 from selfsup.train.callbacks import CollapseMonitor, KNNMonitor, LastCheckpoint, ThroughputMonitor
 from selfsup.train.checkpoint import AtomicCheckpointIO
@@ -72,7 +73,7 @@ def monitor_callbacks(
             precision=precision,
         )
     )
-    monitor_key = f"val/knn{cfg.knn_k[0]}_macro_f1"
+    monitor_key = knn_monitor_key(cfg.knn_k[0])
     if cfg.early_stopping_patience:
         callbacks.append(
             EarlyStopping(monitor_key, mode="max", patience=cfg.early_stopping_patience)

@@ -1,0 +1,116 @@
+"""Transfer: a probe of a backbone pretrained on dataset A, on labelled dataset B.
+
+B is read at the backbone's image size and channel count (grey data for an RGB backbone
+repeats its channel, RGB data for a grey backbone becomes its luminance), and wafer maps and
+natural images meet as natural images; every conversion is recorded next to what the backbone
+was pretrained on (A, from the run's ``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from selfsup.data.dataset import WAFER_SPECS, ImageDataset, split_spec
+from selfsup.eval.protocol import load_eval_data
+from selfsup.eval.run_files import CONFIG_FILE, read_config
+
+PROBES = ("linear", "mlp")
+UNIT_RANGE_NOTE = "natural images scaled to [0, 1], the wafer backbone's input range (0, 0.5, 1)"
+
+
+def load_transfer_data(
+    spec: str, meta: dict[str, Any], split: str | None
+) -> tuple[ImageDataset, str | None]:
+    """(data, how its channels were made the backbone's, or None) for a transfer target."""
+    from selfsup.data.dataset import CHANNEL_CONVERSIONS, spec_kind
+
+    channels = int(meta["in_channels"])
+    if spec_kind(spec) == "folder":  # PIL decodes every file to the backbone's mode
+        note = f"image files decoded by PIL to {channels} channel(s)"
+        return load_eval_data(spec, meta, split), note
+    data = load_eval_data(spec, meta, split, match_channels=False)
+    return data.with_channels(channels), CHANNEL_CONVERSIONS.get((data.in_channels, channels))
+
+
+class TransferLoader:
+    """``load(spec, split)`` for ``ProtocolData.load``: B's splits at the backbone's size and
+    channels, each conversion noted in ``conversions`` ({"spec (split)": note})."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self.conversions: dict[str, str] = {}
+
+    def __call__(self, spec: str, split: str | None) -> ImageDataset:
+        data, note = load_transfer_data(spec, self.meta, split)
+        if note:
+            self.conversions[f"{spec} ({split})" if split else spec] = note
+        return data
+
+
+def match_styles(
+    splits: dict[str, ImageDataset], meta: dict[str, Any], preprocess: Any
+) -> tuple[dict[str, ImageDataset], Any, str | None]:
+    """(splits, preprocess, note) so that wafer maps and natural images can meet.
+
+    Same style as the backbone: unchanged. Otherwise every split becomes natural (wafer codes as
+    grey levels); a natural backbone keeps its preprocess, a wafer backbone (trained on inputs
+    0 / 0.5 / 1) gets natural images scaled to [0, 1] without normalisation.
+    """
+    from selfsup.data.dataset import WAFER_AS_GREY
+    from selfsup.views.recipes import make_views
+
+    backbone_style = meta.get("view_style", "natural")
+    if {ds.style for ds in splits.values()} == {backbone_style}:
+        return splits, preprocess, None
+    splits = {role: ds.as_natural() for role, ds in splits.items()}
+    if backbone_style == "natural":
+        return splits, preprocess, WAFER_AS_GREY
+    channels = int(meta["in_channels"])
+    unit = make_views(
+        "simclr", image_size=meta["image_size"], in_channels=channels, style="natural",
+        mean=(0.0,) * channels, std=(1.0,) * channels,
+    )  # fmt: skip
+    return splits, unit.preprocess, UNIT_RANGE_NOTE
+
+
+def pretraining_data(run: Path | None) -> dict[str, Any]:
+    """What the backbone was pretrained on, from the run's config.yaml (next to the export,
+    the checkpoint, or one level up); ``run`` None: a backbone handed over as an object."""
+    if run is None:
+        return {
+            "data": None,
+            "note": "a loaded backbone, not a run folder: pretraining data unknown",
+        }
+    base = run.parent if run.is_file() else run
+    for folder in (base, base.parent):
+        if (folder / CONFIG_FILE).is_file():
+            values = read_config(folder)
+            found = {k: values.get(k) for k in ("data", "method", "image_size", "epochs")}
+            if str(values.get("data", "")).lower() in WAFER_SPECS:
+                found["train_split"] = values.get("train_split")
+            return {"config": str(folder / CONFIG_FILE), **found}
+    return {"data": None, "note": f"no config.yaml beside '{run}': pretraining data unknown"}
+
+
+def transfer_section(
+    probe: str, run: Path | None, target: str, meta: dict[str, Any],
+    loader: TransferLoader, style_note: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The record's ``transfer`` entry: the probe, A, B, and how B was made to fit."""
+    return {
+        "probe": probe,
+        "pretrained_on": pretraining_data(run),
+        "target": target,
+        "image_size": meta["image_size"],
+        "in_channels": meta["in_channels"],
+        "channel_conversion": loader.conversions or None,
+        "style_conversion": style_note,
+    }
+
+
+def transfer_record_name(probe: str, target: str) -> str:
+    """``eval_transfer_<probe>_<B's file or folder name>``, safe as a file name."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(split_spec(target)[0]).name) or "data"
+    return f"eval_transfer_{probe}_{slug}"
