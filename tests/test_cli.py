@@ -11,7 +11,7 @@ import selfsup
 from selfsup.artifacts import load_method_from_checkpoint
 from selfsup.cli import main
 from selfsup.data import ImageDataset
-from selfsup.data.dataset import CHANNEL_CONVERSIONS, WAFER_AS_GREY
+from selfsup.data.image_dataset import CHANNEL_CONVERSIONS, WAFER_AS_GREY
 from selfsup.eval.transfer import match_styles
 
 

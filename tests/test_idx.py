@@ -9,7 +9,6 @@ import torch
 from conftest import make_idx_folder, write_idx
 
 from selfsup.data import check_data, load_dataset
-from selfsup.data.dataset import ImageDataset, spec_kind, split_spec
 from selfsup.data.idx import (
     FASHION_MNIST_CLASSES,
     find_idx_pair,
@@ -18,6 +17,8 @@ from selfsup.data.idx import (
     load_idx_folder,
     read_idx,
 )
+from selfsup.data.image_dataset import ImageDataset
+from selfsup.data.spec import spec_kind, split_spec
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 from torchvision.datasets import FakeData
 from torchvision.transforms import Normalize, ToTensor
 
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 from selfsup.data.torch_dataset import as_image_dataset
 from selfsup.runtime.progress import Progress
 

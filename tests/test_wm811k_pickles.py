@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import selfsup
-from selfsup.data.dataset import spec_kind
+from selfsup.data.spec import spec_kind
 from selfsup.data.wafers import load_wafer_subset, nearest_resize, packaged_path, read_wafer_file
 from selfsup.data.wm811k_pickles import (
     CompatUnpickler,

@@ -51,7 +51,7 @@ def cmd_data_wafers_convert(args: argparse.Namespace) -> int:
 
 
 def add_data_commands(sub: Any) -> None:
-    from selfsup.data.dataset import SPEC_HELP
+    from selfsup.data.spec import SPEC_HELP
 
     p = sub.add_parser("data", help="data utilities", formatter_class=FORMATTER)
     data_sub = p.add_subparsers(dest="data_command", required=True)

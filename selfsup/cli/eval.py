@@ -54,7 +54,7 @@ def label_fraction(text: str) -> float:
 def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> None:
     """Data and selection arguments of the supervised protocols (linear, mlp, finetune,
     transfer)."""
-    from selfsup.data.dataset import SPEC_HELP
+    from selfsup.data.spec import SPEC_HELP
     from selfsup.eval.finetune import HEAD_INITS
     from selfsup.eval.supervised import FINETUNE_EPOCHS, FINETUNE_MIN_STEPS
     from selfsup.eval.transfer import PROBES
@@ -93,7 +93,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
 
 def add_eval_commands(sub: Any) -> None:
     """``selfsup eval knn | linear | mlp | finetune | transfer`` on the ``selfsup`` subparsers."""
-    from selfsup.data.dataset import SPEC_HELP
+    from selfsup.data.spec import SPEC_HELP
     from selfsup.eval.knn import KNN_K, KNN_TEMPERATURE
 
     p = sub.add_parser(

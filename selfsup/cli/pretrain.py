@@ -55,7 +55,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def add_pretrain_command(sub: Any) -> None:
-    from selfsup.data.dataset import SPEC_HELP
+    from selfsup.data.spec import SPEC_HELP
     from selfsup.methods import METHODS
     from selfsup.runtime.optim import OPTIMIZERS
     from selfsup.runtime.precision import PRECISIONS

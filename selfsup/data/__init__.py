@@ -10,7 +10,6 @@ loader = make_dataloader(data, batch_size=256, rank=0, world_size=1)
 from selfsup.data.arrays import load_arrays
 from selfsup.data.check import check_data, format_check
 from selfsup.data.coco_crops import coco_to_crops, convert_coco_export, format_crop_counts
-from selfsup.data.dataset import ImageDataset, load_dataset
 from selfsup.data.folders import IMAGE_EXTENSIONS, list_image_files, load_image_folder
 from selfsup.data.idx import (
     FASHION_MNIST_CLASSES,
@@ -20,7 +19,9 @@ from selfsup.data.idx import (
     load_idx_folder,
     read_idx,
 )
+from selfsup.data.image_dataset import ImageDataset
 from selfsup.data.loader import BatchLoader, EpochDataLoader, make_dataloader
+from selfsup.data.spec import load_dataset
 from selfsup.data.torch_dataset import as_image_dataset
 from selfsup.data.wafers import load_wafer_subset, nearest_resize
 from selfsup.data.wm811k_pickles import (

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from selfsup.data.dataset import spec_kind
+from selfsup.data.spec import spec_kind
 
 log = logging.getLogger("selfsup.data")
 
@@ -158,8 +158,8 @@ def _check_arrays(path: Path, image_size: int | None) -> dict[str, Any]:
 
 
 def _check_idx(spec: str, image_size: int | None) -> dict[str, Any]:
-    from selfsup.data.dataset import IDX_SPLITS, split_spec
     from selfsup.data.idx import find_idx_pair, known_class_names, read_idx
+    from selfsup.data.spec import IDX_SPLITS, split_spec
 
     folder, named = split_spec(spec)
     splits: dict[str, int] = {}

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 
 VAL_FRACTION = 0.1
 # The split each role reads from data that has named splits; None: carved from train.
@@ -87,7 +87,7 @@ def carve_validation(
 def named_splits(spec: str) -> dict[str, str | None] | None:
     """Default split per role for the built-in wafers and IDX folders; None for other data
     (and for an IDX spec whose ``:split`` suffix already picks one)."""
-    from selfsup.data.dataset import spec_kind, split_spec
+    from selfsup.data.spec import spec_kind, split_spec
 
     if split_spec(spec)[1] is not None:
         return None

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 from selfsup.eval.metric_keys import knn_metric_key, parse_knn_metric_key
 from selfsup.eval.report_evaluation import EVALUATION_PLOTS, evaluation_plots
 from selfsup.eval.run_curves import (

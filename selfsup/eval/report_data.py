@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from selfsup.data.dataset import WAFER_SPECS, ImageDataset
+from selfsup.data.image_dataset import ImageDataset
+from selfsup.data.spec import WAFER_SPECS
 from selfsup.eval.protocol import load_eval_data, stratified_fraction
 
 log = logging.getLogger("selfsup.eval")

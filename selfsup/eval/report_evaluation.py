@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from selfsup.artifacts import META
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 from selfsup.eval.embedding_map import (
     nearest_neighbours,
     pca,

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from selfsup.data.dataset import ImageDataset
+from selfsup.data.image_dataset import ImageDataset
 from selfsup.eval.finetune import HEAD_INITS
 from selfsup.runtime.progress import Progress
 

@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from selfsup.data.dataset import WAFER_SPECS, ImageDataset, split_spec
+from selfsup.data.image_dataset import ImageDataset
+from selfsup.data.spec import WAFER_SPECS, split_spec
 from selfsup.eval.protocol import load_eval_data
 from selfsup.eval.run_files import CONFIG_FILE, read_config
 
@@ -24,7 +25,8 @@ def load_transfer_data(
     spec: str, meta: dict[str, Any], split: str | None
 ) -> tuple[ImageDataset, str | None]:
     """(data, how its channels were made the backbone's, or None) for a transfer target."""
-    from selfsup.data.dataset import CHANNEL_CONVERSIONS, spec_kind
+    from selfsup.data.image_dataset import CHANNEL_CONVERSIONS
+    from selfsup.data.spec import spec_kind
 
     channels = int(meta["in_channels"])
     if spec_kind(spec) == "folder":  # PIL decodes every file to the backbone's mode
@@ -58,7 +60,7 @@ def match_styles(
     grey levels); a natural backbone keeps its preprocess, a wafer backbone (trained on inputs
     0 / 0.5 / 1) gets natural images scaled to [0, 1] without normalisation.
     """
-    from selfsup.data.dataset import WAFER_AS_GREY
+    from selfsup.data.image_dataset import WAFER_AS_GREY
     from selfsup.views.recipes import make_views
 
     backbone_style = meta.get("view_style", "natural")

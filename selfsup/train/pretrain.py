@@ -12,7 +12,8 @@ import torch
 
 from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig, resolve_config
-from selfsup.data.dataset import MEMORY_PREFIX, ImageDataset, absolute_spec, spec_kind
+from selfsup.data.image_dataset import ImageDataset
+from selfsup.data.spec import MEMORY_PREFIX, absolute_spec, spec_kind
 from selfsup.data.torch_dataset import as_image_dataset
 from selfsup.eval.knn import backbone_knn_scores
 from selfsup.methods import METHODS, build

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.config import PretrainConfig, load_yaml
-from selfsup.data.dataset import spec_kind
+from selfsup.data.spec import spec_kind
 from selfsup.runtime.files import load_checkpoint_file
 
 

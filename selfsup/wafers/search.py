@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from selfsup.data.dataset import WAFER_SPECS
+from selfsup.data.spec import WAFER_SPECS
 from selfsup.wafers.encode import WAFER_ENCODINGS
 from selfsup.wafers.similar import SimilarityIndex, save_grid
 

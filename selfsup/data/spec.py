@@ -17,13 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.image_dataset import (  # noqa: F401 (names of the data API, kept here too)
-    CHANNEL_CONVERSIONS,
-    LUMINANCE,
-    STYLES,
-    WAFER_AS_GREY,
-    ImageDataset,
-)
+from selfsup.data.image_dataset import ImageDataset
 
 WAFER_SPECS = ("wafers", "wm811k")
 # data handed over as an object (``pretrain(dataset=...)``) is recorded as "memory:<what>"
