@@ -9,6 +9,7 @@ the wall time and the machine.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/bench")
     args = parser.parse_args()
+    # the per-epoch kNN monitor lines are the job's progress (the step bar is off in logs)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger("selfsup").addHandler(handler)
+    logging.getLogger("selfsup").setLevel(logging.INFO)
     start = time.perf_counter()
     _, run_dir = selfsup.pretrain(out=args.out, progress_bar=False)
     wall = time.perf_counter() - start
