@@ -97,7 +97,7 @@ def test_a_run_folder_with_a_crafted_last_checkpoint_is_refused(trained_run, tmp
     assert_refused(["report", str(copy)], marker, capsys)
     knn = ["eval", "knn", str(copy), "--data", str(train), "--query-data", str(val)]
     assert_refused(knn, marker, capsys)
-    assert_refused(["export", str(copy)], marker, capsys)
+    assert_refused(["export", str(copy), "--checkpoint", "last"], marker, capsys)
     assert_refused(["pretrain", "--resume", str(copy), "--no-progress"], marker, capsys)
 
 

@@ -78,8 +78,13 @@ def test_cli_end_to_end(labelled_npz, tmp_path, capsys):
 
     export_dir = tmp_path / "exported"
     assert main(["export", str(run), "--out", str(export_dir)]) == 0
+    chosen = json.loads((run / "summary.json").read_text())["exported_checkpoint"]
+    assert f"checkpoints/{chosen}.ckpt" in capsys.readouterr().out  # says which it used
+    # by default the same weights as the run's own export, byte for byte
+    exported = (export_dir / "backbone.safetensors").read_bytes()
+    assert exported == (run / "backbone.safetensors").read_bytes()
     backbone = selfsup.load_backbone(export_dir)
-    method = load_method_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    method = load_method_from_checkpoint(run / "checkpoints" / f"{chosen}.ckpt")
     images = torch.from_numpy(np.load(val)["images"]).permute(0, 3, 1, 2).contiguous()
     expected = method.embed(images)
     got = backbone(method.views.preprocess(images))
@@ -147,9 +152,14 @@ def test_cli_supervised_protocols_record_selection_and_test(labelled_npz, tmp_pa
     assert main(pretrain_args(train, val, tmp_path)) == 0
     run = tmp_path / "cli"
     argv = ["eval", protocol, str(run), "--data", str(train), "--test-data", str(val),
-            "--label-fraction", "0.5", "--epochs", "2"]  # fmt: skip
+            "--label-fraction", "0.5"]  # fmt: skip
     if protocol == "finetune":
-        argv += ["--min-steps", "4"]
+        argv += ["--epochs", "2", "--min-steps", "4"]
+    else:  # fine-tuning options are refused where they would be ignored
+        for option in (["--epochs", "2"], ["--min-steps", "4"], ["--views", "hflip_p=0"]):
+            with pytest.raises(SystemExit) as exit_info:
+                main([*argv, *option])
+            assert exit_info.value.code == 2
     assert main(argv) == 0
     record = json.loads((run / f"eval_{protocol}_data.json").read_text())
     # 32 maps per class: val takes round(3.2) = 3 each, train keeps 29 and half of that is
@@ -286,3 +296,10 @@ def test_transfer_shows_wafer_maps_to_a_natural_backbone_as_grey_levels():
     assert note == WAFER_AS_GREY
     same = match_styles({"train": maps}, {**meta, "view_style": "wafer"}, "own preprocess")
     assert same == ({"train": maps}, "own preprocess", None)
+
+
+def test_backbones_lists_their_options(capsys):
+    assert main(["backbones"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "convnet_small  (backbone_kwargs: width=32)" in lines
+    assert "timm/<model name>" in lines

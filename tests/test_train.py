@@ -401,3 +401,40 @@ def test_pretrain_on_a_dataset_in_memory(labelled_npz, tmp_path):
         selfsup.pretrain(resume=str(run), epochs=2, progress_bar=False)
     selfsup.pretrain(resume=str(run), epochs=2, progress_bar=False, dataset=data)
     assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 2
+
+
+def test_default_batch_fits_small_data_and_a_chosen_one_is_named(labelled_npz, tmp_path, caplog):
+    train, val = labelled_npz
+    cfg = tiny_config(train, val, tmp_path, epochs=1)
+    del cfg["batch_size"]  # the default, 256, for 96 images
+    with caplog.at_level("WARNING", logger="selfsup"):
+        _, run = selfsup.pretrain(cfg)
+    assert "using batch_size=96" in caplog.text
+    assert yaml.safe_load((run / "config.yaml").read_text())["batch_size"] == 96
+    with pytest.raises(ValueError, match=r"largest batch that fits is 96 \(--batch-size 96\)"):
+        selfsup.pretrain(tiny_config(train, val, tmp_path, batch_size=128, name="chosen"))
+
+
+def test_quiet_short_runs_and_a_hint_for_labelled_data_without_validation(
+    labelled_npz, tmp_path, caplog, capsys
+):
+    from selfsup.cli import main
+
+    train, val = labelled_npz
+    cfg = tiny_config(train, val, tmp_path, val_data=None, max_steps=3, log_every_n_steps=50)
+    with caplog.at_level("INFO", logger="selfsup"):
+        _, run = selfsup.pretrain(cfg)
+    assert "kNN monitor off" in caplog.text and "val_data=PATH" in caplog.text
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["epochs_trained"] == 0.5  # 6 steps an epoch
+    assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 0
+    assert "3 steps (0.5 epochs)" in capsys.readouterr().out
+
+
+def test_metrics_are_logged_at_least_once_an_epoch(tmp_path):
+    from selfsup.config import PretrainConfig
+    from selfsup.train.trainer import make_trainer
+
+    cfg = PretrainConfig(log_every_n_steps=50, accelerator="cpu", devices=1)
+    trainer = make_trainer(cfg, tmp_path, [], None, "32-true", log_every_at_most=4)
+    assert trainer.log_every_n_steps == 4

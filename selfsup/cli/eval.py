@@ -51,15 +51,15 @@ def label_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got '{text}'") from None
 
 
-def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> None:
+def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
     """Data and selection arguments of the supervised protocols (linear, mlp, finetune,
-    transfer)."""
+    transfer); the fine-tuning options only where they take effect."""
     from selfsup.data.spec import SPEC_HELP
     from selfsup.eval.finetune import HEAD_INITS
     from selfsup.eval.supervised import FINETUNE_EPOCHS, FINETUNE_MIN_STEPS
     from selfsup.eval.transfer import PROBES
 
-    if transfer:
+    if protocol == "transfer":
         p.add_argument("--data", required=True, help=f"labelled target data B: {SPEC_HELP}")
         p.add_argument("--probe", default=PROBES[0], choices=PROBES)
     else:
@@ -73,7 +73,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, transfer: bool = False) -> No
         "--label-fraction", type=label_fraction, default=1.0, metavar="FRACTION",
         help="stratified share of the train labels to use, in (0, 1]",
     )  # fmt: skip
-    if not transfer:
+    if protocol == "finetune":
         p.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="fine-tuning epochs")
         p.add_argument(
             "--min-steps", type=int, default=FINETUNE_MIN_STEPS,
@@ -121,5 +121,5 @@ def add_eval_commands(sub: Any) -> None:
             protocol, help=f"{text}; chosen on val, test scored once", formatter_class=FORMATTER
         )
         add_load_args(e)
-        _add_protocol_args(e, transfer=protocol == "transfer")
+        _add_protocol_args(e, protocol)
         e.set_defaults(func=cmd_eval)

@@ -16,9 +16,17 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from selfsup.backbones import list_backbones
+    """Every backbone with its keyword options (``--set backbone_kwargs.<option>=...``)."""
+    from selfsup.backbones import BACKBONES, list_backbones
+    from selfsup.registry import keyword_parameters
 
-    print("\n".join(list_backbones()))
+    for name in list_backbones():
+        options = ""
+        if name in BACKBONES:
+            parameters, _ = keyword_parameters(BACKBONES.get(name))
+            shown = [f"{k}={p.default!r}" for k, p in parameters.items() if k != "in_channels"]
+            options = f"  (backbone_kwargs: {', '.join(shown)})" if shown else ""
+        print(f"{name}{options}")
     return 0
 
 

@@ -42,14 +42,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     from selfsup.artifacts import export_backbone, load_method_from_checkpoint
 
     run = Path(args.run)
-    ckpt = run if run.suffix == ".ckpt" else run / "checkpoints" / f"{args.checkpoint}.ckpt"
+    ckpt = (
+        run if run.suffix == ".ckpt" else run / "checkpoints" / f"{_export_choice(run, args)}.ckpt"
+    )
     if not ckpt.is_file():
         raise FileNotFoundError(f"export: no checkpoint at '{ckpt}'")
     method = load_method_from_checkpoint(ckpt, trust=args.trust_checkpoint)
     out = Path(args.out) if args.out else (run.parent if run.suffix == ".ckpt" else run) / "export"
     path = export_backbone(method, out)
-    print(f"exported {method.backbone.name} ({method.feature_dim}-d features) to {path}")
+    print(
+        f"exported {method.backbone.name} ({method.feature_dim}-d features) from {ckpt} to {path}"
+    )
     return 0
+
+
+def _export_choice(run: Path, args: argparse.Namespace) -> str:
+    """best | last: as asked, or (auto) the checkpoint the run itself exported."""
+    from selfsup.train.runfolder import read_summary
+
+    if args.checkpoint != "auto":
+        return args.checkpoint
+    return read_summary(run).get("exported_checkpoint", "last")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -84,7 +97,12 @@ def add_run_commands(sub: Any) -> None:
 
     p = sub.add_parser("export", help="backbone-only safetensors + JSON", formatter_class=FORMATTER)
     p.add_argument("run", help="run folder or .ckpt")
-    p.add_argument("--checkpoint", default="last", choices=["best", "last"])
+    p.add_argument(
+        "--checkpoint",
+        default="auto",
+        choices=["auto", "best", "last"],
+        help="auto: the checkpoint the run exported itself (summary.json), else last",
+    )
     p.add_argument("--out", help="output folder (default RUN/export)")
     add_trust_arg(p)
     p.set_defaults(func=cmd_export)

@@ -28,6 +28,7 @@ from selfsup.train.trainer import (
     BatchDataModule,
     checkpoint_callbacks,
     expected_world_size,
+    fit_default_batch,
     is_main_process,
     make_trainer,
     monitor_callbacks,
@@ -76,6 +77,12 @@ def _monitor_data(cfg: PretrainConfig, train: Any) -> tuple[Any, Any] | tuple[No
         queries = load_dataset(cfg.val_data, image_size=cfg.image_size, in_channels=cfg.in_channels)
         bank = train
     else:
+        if train.labels is not None:
+            log.info(
+                "kNN monitor off: '%s' is labelled but there is no validation data; "
+                "--set val_data=PATH (labelled) monitors kNN every epoch and keeps best.ckpt",
+                cfg.data,
+            )
         return None, None
     if bank.labels is None or queries.labels is None:
         return None, None
@@ -156,7 +163,10 @@ def pretrain(config: Any = None, *, dataset: Any = None, **kwargs: Any) -> tuple
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train = dataset if dataset is not None else _training_data(cfg)
-    steps_per_epoch(cfg, len(train), expected_world_size(cfg))  # before any folder exists
+    world = expected_world_size(cfg)
+    if resume_ckpt is None:
+        fit_default_batch(cfg, len(train), world, explicit_keys(config, kwargs))
+    steps_per_epoch(cfg, len(train), world)  # before any folder exists
     method, precision, channels_last = prepared_method(cfg, train)
     bank, queries = _monitor_data(cfg, train)
     fresh = run_dir is None
@@ -196,7 +206,8 @@ def _train(
     knn_precision = "bf16-mixed" if precision == "bf16-mixed" else "32-true"
     callbacks, monitor_key = monitor_callbacks(cfg, bank, queries, knn_precision)
     callbacks += checkpoint_callbacks(run_dir / "checkpoints", monitor_key)
-    trainer = make_trainer(cfg, run_dir, callbacks, monitor_key, precision)
+    expected_steps = steps_per_epoch(cfg, len(train), expected_world_size(cfg))
+    trainer = make_trainer(cfg, run_dir, callbacks, monitor_key, precision, expected_steps)
     world = trainer.world_size
     epoch_steps = steps_per_epoch(cfg, len(train), world)
     total_steps = total_training_steps(epoch_steps, cfg.epochs, cfg.max_steps)

@@ -105,9 +105,11 @@ def make_trainer(
     callbacks: list[L.Callback],
     monitor_key: str | None,
     precision: str,
+    log_every_at_most: int,
 ) -> L.Trainer:
     """Lightning's Trainer for this run; its complaints about the user's setup (no GPU, bad
-    devices) become one-line ValueErrors."""
+    devices) become one-line ValueErrors. Metrics are logged at least once an epoch
+    (``log_every_at_most``: the steps of one epoch)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     world = expected_world_size(cfg)
@@ -131,7 +133,7 @@ def make_trainer(
             # last.ckpt is ours (LastCheckpoint); without a best.ckpt monitor Lightning would add
             # its own default checkpoint (epoch=N-step=M.ckpt) beside it
             enable_checkpointing=monitor_key is not None,
-            log_every_n_steps=cfg.log_every_n_steps,
+            log_every_n_steps=min(cfg.log_every_n_steps, log_every_at_most),
             enable_progress_bar=cfg.progress_bar,
             enable_model_summary=False,
             use_distributed_sampler=False,
@@ -169,9 +171,24 @@ def steps_per_epoch(cfg: PretrainConfig, images: int, world: int) -> int:
     if steps == 0:
         raise ValueError(
             f"batch_size={cfg.batch_size} x {world} device(s) is larger than the "
-            f"{images} images of '{cfg.data}'; lower --batch-size"
+            f"{images} images of '{cfg.data}'; the largest batch that fits is "
+            f"{max(1, images // world)} (--batch-size {max(1, images // world)})"
         )
     return steps
+
+
+def fit_default_batch(cfg: PretrainConfig, images: int, world: int, explicit: set[str]) -> None:
+    """A default batch larger than the data shrinks to the data (with a warning); a batch the
+    user chose is kept, and ``steps_per_epoch`` names the largest that fits."""
+    fits = images // world
+    if "batch_size" in explicit or cfg.batch_size <= fits or fits < 1:
+        return
+    log.warning(
+        "the default batch_size %d x %d device(s) is larger than the %d images of '%s': "
+        "using batch_size=%d (--batch-size chooses another)",
+        cfg.batch_size, world, images, cfg.data, fits,
+    )  # fmt: skip
+    cfg.batch_size = fits
 
 
 def is_main_process() -> bool:
