@@ -5,6 +5,21 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+# Head widths scale with the backbone: every width a user did not set is at most this many times
+# the backbone's feature size (16 x 128 = 2048 keeps SimCLR's, SimSiam's and FastSiam's heads on
+# every backbone of 128-d and more, so published runs reproduce; Barlow Twins' 8192-8192-8192
+# projector, 135 M parameters, becomes 1024-wide on a 64-d backbone).
+HEAD_WIDTH_FACTOR = 16
+HEAD_WIDTH_MODES = ("scaled", "paper")
+
+
+def scaled_width(width: int, feature_dim: int, mode: str = "scaled") -> int:
+    """A head width for a backbone of ``feature_dim`` features: ``mode`` "paper" keeps the
+    paper's ``width``; "scaled" caps it at ``HEAD_WIDTH_FACTOR * feature_dim``."""
+    if mode not in HEAD_WIDTH_MODES:
+        raise ValueError(f"head_widths must be one of {HEAD_WIDTH_MODES}, got '{mode}'")
+    return width if mode == "paper" else min(width, HEAD_WIDTH_FACTOR * feature_dim)
+
 
 def mlp(
     in_dim: int,

@@ -520,3 +520,28 @@ def test_data_check_cli_full(tmp_path, capsys):
     assert main(["data", "check", "--full", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "full decode" in out and "unreadable:   1" in out and "cut.jpg (OSError" in out
+
+
+def test_data_check_reports_wafer_files_the_tool_writes(tmp_path, capsys):
+    from selfsup.data.synthetic_wafers import generate_wafer_maps
+    from selfsup.data.wm811k_pickles import WaferMaps, write_wafer_npz
+
+    synthetic = write_wafer_npz(generate_wafer_maps(90, size=(20, 21), seed=0), tmp_path / "s.npz")
+    report = check_data(str(synthetic))
+    assert report["total"] == 90 and report["splits"] == {"test": 9, "train": 72, "val": 9}
+    assert report["class_counts"]["Center"] == 10
+    assert report["split_class_counts"]["val"]["Scratch"] == 1
+    assert report["sizes"]["height"][0] >= 20 and report["sizes"]["height"][1] <= 21
+    codes = [np.ones((3, 4), np.uint8), np.ones((5, 5), np.uint8), np.zeros((3, 4), np.uint8)]
+    converted = WaferMaps(
+        codes, [0, -1, 1], ["none", "Scratch"], np.array(["Training", "", "Test"])
+    )
+    report = check_data(str(write_wafer_npz(converted, tmp_path / "c.npz")))
+    assert report["splits"] == {"unlabeled": 1, "Test": 1, "Training": 1}
+    assert report["class_counts"] == {"none": 1, "Scratch": 1, "unlabeled": 1}
+    assert report["split_class_counts"]["unlabeled"] is None
+    assert report["sizes"]["most_common"][0] == [3, 4, 2]
+    assert main(["data", "check", str(synthetic)]) == 0
+    out = capsys.readouterr().out
+    assert "wafer maps" in out and "splits:       test 9, train 72, val 9" in out
+    assert "    val          Center 1, Donut 1, " in out

@@ -7,7 +7,7 @@ import torch
 from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.cli.eval import label_fraction
-from selfsup.eval.finetune import class_weights, finetune, probe_head
+from selfsup.eval.finetune import class_weights, finetune, finetune_plan, probe_head
 from selfsup.eval.protocol import stratified_fraction
 from selfsup.runtime.progress import Progress, format_seconds
 
@@ -168,6 +168,37 @@ def test_cpu_fine_tuning_steps_run_with_heap_allocations(monkeypatch):
     assert entered == [True] and augmented_inside and all(augmented_inside)
 
 
+def test_finetune_prints_its_plan_and_says_when_min_steps_raises_the_epochs(capsys):
+    train_x, train_y = blobs(8, 0)
+    val_x, val_y = blobs(16, 1)
+    result = finetune(
+        build_backbone("convnet_tiny", 1, width=4), train_x, train_y, val_x, val_y,
+        augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+        num_classes=2, epochs=2, min_steps=12, evaluations=2, batch_size=4,
+        progress=Progress(every=1000),
+    )  # fmt: skip
+    assert result.history[-1][0] == 12
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(
+        "fine-tune: 2 epochs of 2 steps = 4 steps, raised to 12 by --min-steps 12 (few labels"
+    )
+
+
+def test_finetune_plan_when_epochs_are_enough_or_quiet(capsys):
+    assert finetune_plan(3, 7, 10) == (21, "fine-tune: 3 epochs of 7 steps = 21 steps")
+    total, plan = finetune_plan(2, 7, 300)
+    assert total == 300 and "= 14 steps, raised to 300 by --min-steps 300" in plan
+    assert "--min-steps 0 runs exactly 2 epochs" in plan
+    train_x, train_y = blobs(8, 0)
+    finetune(
+        build_backbone("convnet_tiny", 1, width=4), train_x, train_y, train_x, train_y,
+        augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+        num_classes=2, epochs=1, min_steps=0, evaluations=1, batch_size=4,
+        progress=Progress(enabled=False),
+    )  # fmt: skip
+    assert capsys.readouterr().err == ""
+
+
 # --- progress lines ------------------------------------------------------------------------------
 
 
@@ -181,6 +212,7 @@ def test_finetune_reports_steps_val_score_and_time_left(capsys):
         progress=Progress(every=0),
     )  # fmt: skip
     lines = capsys.readouterr().err.splitlines()
+    assert lines.pop(0).startswith("fine-tune: 1 epochs of 2 steps = 2 steps, raised to 30 ")
     assert len(lines) == 31  # every step (rate limit 0), then the closing line
     assert lines[0].startswith("fine-tune: 1/30 steps (3 %), ") and " elapsed, ~" in lines[0]
     assert lines[0].endswith(" left")

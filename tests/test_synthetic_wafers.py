@@ -104,3 +104,45 @@ def test_ten_thousand_maps_every_class_present():
     maps = generate_wafer_maps(10_000, seed=3)
     assert len(maps) == 10_000
     assert set(np.unique(maps.labels).tolist()) == set(range(len(CLASS_NAMES)))
+
+
+def test_maps_get_seeded_train_val_test_splits_stratified_by_class():
+    maps = generate_wafer_maps(900, size=16, seed=2)  # 100 maps per class
+    assert maps.split is not None
+    for label in range(len(CLASS_NAMES)):
+        split = maps.split[maps.labels == label]
+        assert [int(np.sum(split == s)) for s in ("train", "val", "test")] == [80, 10, 10]
+    again = generate_wafer_maps(900, size=16, seed=2)
+    assert np.array_equal(maps.split, again.split)
+    other = generate_wafer_maps(900, size=16, seed=2, val_fraction=0.2, test_fraction=0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(maps.maps, other.maps, strict=True))
+    assert sorted(set(other.split.tolist())) == ["train", "val"]
+    assert int(np.sum(other.split == "val")) == 180
+
+
+@pytest.mark.parametrize(("val", "test"), [(-0.1, 0.1), (0.1, 1.0), (0.5, 0.5)])
+def test_split_fractions_out_of_range_are_refused_by_name(val, test):
+    with pytest.raises(ValueError, match="fraction"):
+        generate_wafer_maps(10, size=16, val_fraction=val, test_fraction=test)
+
+
+def test_synth_cli_writes_splits_that_pretrain_reads_for_its_knn_monitor(tmp_path, capsys):
+    from selfsup.cli import main
+    from selfsup.data import load_dataset
+
+    out = tmp_path / "synthetic.npz"
+    assert main(["wafers", "synth", str(out), "--n", "90", "--size", "16", "--seed", "1"]) == 0
+    assert "splits train 72, val 9, test 9" in capsys.readouterr().out
+    assert sorted(set(read_wafer_npz(out).split.tolist())) == ["test", "train", "val"]
+    queries = load_dataset(str(out), image_size=16, split="val")  # pretrain's default val_split
+    assert len(queries) == 9 and queries.labels is not None
+    assert main(["wafers", "synth", str(out), "--n", "9", "--val-fraction", "1.5"]) != 0
+    assert "--val-fraction must be in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_train_split_of_a_synthetic_file_leaves_out_val_and_test(tmp_path):
+    from selfsup.data import load_dataset
+    from selfsup.data.wm811k_pickles import write_wafer_npz
+
+    path = write_wafer_npz(generate_wafer_maps(90, size=16), tmp_path / "s.npz")
+    assert len(load_dataset(str(path), image_size=16, split="train")) == 72

@@ -7,12 +7,47 @@ from typing import Any
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    """The defaults ``selfsup pretrain`` uses, then every method's own hyper-parameters and the
+    head widths they give on the default backbone."""
+    from selfsup.config import PretrainConfig
+    from selfsup.heads import HEAD_WIDTH_FACTOR
     from selfsup.methods import list_methods
+    from selfsup.methods.base import Method
+    from selfsup.registry import keyword_parameters
 
+    cfg = PretrainConfig()
+    base, _ = keyword_parameters(Method)
+    print(
+        f"selfsup pretrain defaults: method {cfg.method}, backbone {cfg.backbone}, "
+        f"image_size {cfg.image_size}; head widths at most {HEAD_WIDTH_FACTOR} x the backbone's "
+        "feature size (--set method_kwargs.head_widths=paper: the papers' widths)"
+    )
     for name, defaults in list_methods().items():
-        shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+        shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items() if k not in base)
         print(f"{name}: {shown}")
+        print(f"  on {cfg.backbone}: {_head_widths(name, cfg)}")
     return 0
+
+
+def _head_widths(name: str, cfg: Any) -> str:
+    """The feature size and head widths of method ``name`` built as ``cfg`` builds it (on the
+    meta device: shapes only, no memory)."""
+    import torch
+
+    from selfsup.methods import build
+
+    with torch.device("meta"):
+        method = build(
+            name, backbone=cfg.backbone, image_size=cfg.image_size,
+            in_channels=cfg.in_channels or 3, backbone_kwargs=dict(cfg.backbone_kwargs),
+            **cfg.method_kwargs,
+        )  # fmt: skip
+    widths = {k: v for k, v in method.hyperparameters().items() if k.endswith("_dim") and v}
+    shown = ", ".join(f"{k}={v}" for k, v in widths.items())
+    params = sum(p.numel() for p in method.parameters()) / 1e6
+    return (
+        f"{method.feature_dim}-d features; {shown or 'no hidden head'} ({params:.1f} M parameters)"
+    )
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:

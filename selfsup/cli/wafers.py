@@ -43,11 +43,21 @@ def cmd_wafers_synth(args: argparse.Namespace) -> int:
         raise ValueError(f"--size takes SIDE or LOW HIGH, got {len(args.size)} numbers")
     size = args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
     weights = None if args.weights == "uniform" else args.weights
-    maps = generate_wafer_maps(args.n, size=size, class_weights=weights, seed=args.seed)
+    for option, value in (
+        ("--val-fraction", args.val_fraction),
+        ("--test-fraction", args.test_fraction),
+    ):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{option} must be in [0, 1), got {value}")
+    maps = generate_wafer_maps(
+        args.n, size=size, class_weights=weights, seed=args.seed,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+    )  # fmt: skip
     path = write_wafer_npz(maps, args.out)
     counts = np.bincount(maps.labels, minlength=len(maps.class_names)).tolist()
     shown = ", ".join(f"{c} {k}" for c, k in zip(maps.class_names, counts, strict=True))
-    print(f"wrote {len(maps)} synthetic wafer maps to {path} ({shown})")
+    splits = ", ".join(f"{s} {int(np.sum(maps.split == s))}" for s in ("train", "val", "test"))
+    print(f"wrote {len(maps)} synthetic wafer maps to {path} ({shown}; splits {splits})")
     return 0
 
 
@@ -93,4 +103,11 @@ def add_wafer_commands(sub_parsers: Any) -> None:
     g.add_argument("--size", type=int, nargs="+", default=[26, 64], help="SIDE or LOW HIGH")
     g.add_argument("--weights", default="uniform", choices=["uniform", "real"])
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--val-fraction", type=float, default=0.1,
+        help="maps of each class in split 'val' (pretrain's kNN monitor queries); rest 'train'",
+    )  # fmt: skip
+    g.add_argument(
+        "--test-fraction", type=float, default=0.1, help="maps of each class in split 'test'"
+    )
     g.set_defaults(func=cmd_wafers_synth)

@@ -72,6 +72,40 @@ def _check_wafers(image_size: int | None) -> dict[str, Any]:
     }
 
 
+def _wafer_class_counts(labels: np.ndarray, names: list[str]) -> dict[str, int] | None:
+    """Counts per class name, plus "unlabeled" (label -1) when there are such maps."""
+    if not len(labels) or labels.max() < 0:
+        return None
+    counts = _count_names(labels[labels >= 0], names)
+    if (labels < 0).any():
+        counts["unlabeled"] = int(np.sum(labels < 0))
+    return counts
+
+
+def _check_wafer_file(path: Path, image_size: int | None) -> dict[str, Any]:
+    """A wafer-map .npz (``selfsup wafers synth``, ``selfsup data wafers convert``): maps per
+    split and class, and map sizes, read from the index arrays without decoding the maps."""
+    from selfsup.data.wafers import UNLABELED, read_wafer_file
+
+    raw = read_wafer_file(str(path))
+    labels = raw["labels"].astype(np.int64)
+    names = [str(c) for c in raw["class_names"]]
+    split = raw["split"] if "split" in raw else np.full(len(labels), "", dtype=str)
+    per_split = {
+        str(value) or UNLABELED: _wafer_class_counts(labels[split == value], names)
+        for value in np.unique(split)
+    }
+    return {
+        "kind": "wafer maps (.npz of variable-size maps, by split; --data reads it)",
+        "total": int(len(labels)),
+        "splits": {str(v) or UNLABELED: int(np.sum(split == v)) for v in np.unique(split)},
+        "class_counts": _wafer_class_counts(labels, names),
+        "split_class_counts": per_split,
+        "channels": {"1 (codes 0 off-wafer, 1 pass, 2 fail)": int(len(labels))},
+        "sizes": _size_stats(Counter(map(tuple, raw["shapes"].tolist())), image_size),
+    }
+
+
 def _read_headers(
     root: Path, files: Sequence[str]
 ) -> tuple[Counter[tuple[int, int]], Counter[str], dict[str, str]]:
@@ -202,6 +236,8 @@ def check_data(spec: str, image_size: int | None = None, *, full: bool = False) 
         report = _check_wafers(image_size)
     elif kind == "idx":
         report = _check_idx(spec, image_size)
+    elif kind == "wafer_file":
+        report = _check_wafer_file(Path(spec).expanduser(), image_size)
     elif kind == "folder":
         report = _check_folder(Path(spec).expanduser(), image_size, full)
     else:
@@ -210,6 +246,15 @@ def check_data(spec: str, image_size: int | None = None, *, full: bool = False) 
     if image_size is not None:
         report["image_size"] = image_size
     return report
+
+
+def _split_class_lines(per_split: dict[str, dict[str, int] | None]) -> list[str]:
+    """One line per split: its maps per class (classes with none left out)."""
+    lines = ["  per split:"] if per_split else []
+    for split, counts in per_split.items():
+        shown = ", ".join(f"{name} {n:,}" for name, n in (counts or {}).items() if n)
+        lines.append(f"    {split:<12} {shown or 'unlabelled'}")
+    return lines
 
 
 def format_check(report: dict[str, Any]) -> str:
@@ -234,6 +279,7 @@ def format_check(report: dict[str, Any]) -> str:
             lines.append(f"    {name:<20} {count:>9,}  {100 * count / total:5.1f} %")
     elif report.get("class_counts") is None:
         lines.append("  classes:      none (unlabelled)")
+    lines.extend(_split_class_lines(report.get("split_class_counts") or {}))
     channels = ", ".join(f"{k} x{v:,}" for k, v in report.get("channels", {}).items())
     lines.append(f"  channels:     {channels or '-'}")
     sizes = report.get("sizes") or {}

@@ -353,6 +353,8 @@ def generate_wafer_maps(
     size: int | tuple[int, int] = (26, 64),
     class_weights: Any = None,
     seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
 ) -> WaferMaps:
     """``n`` synthetic wafer maps with the 9 WM-811K classes (research/wafer.md section 5.2).
 
@@ -360,10 +362,13 @@ def generate_wafer_maps(
     square, uint8 codes 0 off-wafer / 1 pass / 2 fail. class_weights: None (uniform), "real"
     (the clean subset's mix: 59 % none), a dict class -> weight, or 9 numbers; the class counts
     are exactly n x weight after rounding (``class_counts``), in random order. seed: the whole
-    output is a function of (n, size, class_weights, seed).
+    output is a function of (n, size, class_weights, seed). val_fraction, test_fraction: the
+    maps of each class put in split "val" and "test" (``assign_splits``), the rest in "train",
+    the split names ``selfsup pretrain`` uses (train_split, and val_split for its kNN monitor).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    _check_fractions(val_fraction, test_fraction)
     low, high = _side_range(size)
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(len(CLASS_NAMES)), class_counts(n, class_weights)))
@@ -380,5 +385,35 @@ def generate_wafer_maps(
         maps,
         labels.astype(np.int64),
         class_names=list(CLASS_NAMES),
+        split=assign_splits(labels, val_fraction, test_fraction, seed),
         source=f"synthetic wafer maps (n={n}, size={size}, seed={seed})",
     )
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1 (some maps must train), got "
+            f"{val_fraction} + {test_fraction}"
+        )
+
+
+def assign_splits(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Split names ("train" / "val" / "test") per map, stratified by class: of each class's k
+    maps, round(k x val_fraction) go to val and round(k x test_fraction) to test, drawn at
+    random (seeded apart from the maps, so the maps do not depend on the fractions)."""
+    _check_fractions(val_fraction, test_fraction)
+    rng = np.random.default_rng([seed, 1])
+    split = np.full(len(labels), "train", dtype="<U5")
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = round(len(members) * val_fraction)
+        n_test = round(len(members) * test_fraction)
+        split[members[:n_val]] = "val"
+        split[members[n_val : n_val + n_test]] = "test"
+    return split

@@ -121,7 +121,8 @@ def file_splits(
     Files with the clean subset's splits take its short, long and group names
     (``canonical_splits``). Other files, such as a full LSWMD.pkl converted by
     ``selfsup data wafers convert``, take their own split names ("Training", "Test"),
-    "unlabeled" for rows without one, "train" for every row but the Test split, and "all".
+    "unlabeled" for rows without one, "train" for every row but the Test split (unless the file
+    has a split named "train", as synthetic files do), and "all".
     """
     present = {str(v) for v in np.unique(available)}
     if present & set(SPLITS.values()):
@@ -131,12 +132,12 @@ def file_splits(
     for name in requested:
         if name == "all":
             chosen |= present
+        elif name in present and name != "":  # a split the file names exactly ("train" too)
+            chosen.add(name)
         elif name == "train":  # everything a model may learn from: all but the Test split
             chosen |= present - {"Test"}
         elif name == UNLABELED and "" in present:
             chosen.add("")
-        elif name in present and name != "":
-            chosen.add(name)
         else:
             names = sorted(v or UNLABELED for v in present)
             raise ValueError(

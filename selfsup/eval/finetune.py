@@ -219,14 +219,32 @@ def finetune(
     batch_size = min(batch_size, train_images.shape[0])
     steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
     batches = _batches(train_images.shape[0], batch_size, torch.Generator().manual_seed(seed))
+    total_steps, plan = finetune_plan(epochs, steps_per_epoch, min_steps)
+    resolve_progress(progress).note(plan)
     selection = trainer.run(
-        max(epochs * steps_per_epoch, min_steps, 1), evaluations, batches,
+        total_steps, evaluations, batches,
         (train_images, train_labels), (val_images, val_labels), progress,
     )  # fmt: skip
     model = trainer.model
     model.load_state_dict(selection.state)
     step, score, history = selection.step, selection.score, selection.history
     return FinetuneResult(model.eval(), step, step / steps_per_epoch, score, history)
+
+
+def finetune_plan(epochs: int, steps_per_epoch: int, min_steps: int) -> tuple[int, str]:
+    """(total steps, the one-line plan printed before training): ``epochs * steps_per_epoch``
+    steps, raised to ``min_steps`` when that is more, and the line says why."""
+    asked = epochs * steps_per_epoch
+    total = max(asked, min_steps, 1)
+    plan = f"fine-tune: {epochs} epochs of {steps_per_epoch} steps = {asked} steps"
+    if total > asked and min_steps > asked:
+        plan += (
+            f", raised to {total} by --min-steps {min_steps} (few labels make short epochs; "
+            f"--min-steps 0 runs exactly {epochs} epochs)"
+        )
+    elif total > asked:
+        plan += f", raised to {total} (at least one step)"
+    return total, plan
 
 
 def _check_finetune_args(train_images: Tensor, evaluations: int, head_init: str) -> None:

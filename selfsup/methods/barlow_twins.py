@@ -39,6 +39,9 @@ class BarlowTwins(Method):
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, feature_size, **kwargs)
+        proj_hidden_dim, proj_dim = self.head_sizes(
+            proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim
+        ).values()
         self.lambda_param = lambda_param
         self.projector = mlp(
             self.feature_dim, proj_hidden_dim, proj_dim, num_layers=num_proj_layers

@@ -41,12 +41,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from selfsup.backbones import Backbone, build_backbone
+from selfsup.heads import scaled_width
 from selfsup.methods.arguments import json_safe, refuse_markers, refuse_renamed
 from selfsup.registry import Registry, keyword_parameters
 from selfsup.views.recipes import make_views, recipe_function
 
 METHODS: Registry[Method] = Registry("method")  # type: ignore[name-defined]  # noqa: F821
 _ARGUMENTS = "_constructor_arguments"  # instance-dict key while the constructor chain runs
+_EXPLICIT = "_explicit_arguments"  # names the caller passed (in the record; never a hyper-param)
 _RENAMED_BACKBONE_KWARGS = {
     "feature_dim": ("feature_size", "a method argument: the D of your module's [B, D] output")
 }
@@ -86,9 +88,11 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
         if outermost:
             refuse_renamed(name, type(self).renamed_arguments, kwargs)
         bound = signature.bind(self, *args, **kwargs)
+        record = self.__dict__.setdefault(_ARGUMENTS, {})
+        if outermost:
+            record[_EXPLICIT] = {*bound.arguments, *bound.arguments.get(var_keyword or "", {})}
         bound.apply_defaults()
         given = {n: bound.arguments[n] for n in named}
-        record = self.__dict__.setdefault(_ARGUMENTS, {})
         for key, value in given.items():
             record.setdefault(key, value)
         if outermost:
@@ -116,6 +120,8 @@ class Method(nn.Module):
     module has a ``feature_dim`` attribute). ``mean``/``std`` set the normalisation of natural
     views (default: ImageNet's for RGB, 0.5 otherwise). ``views``: a recipe name, a dict of
     recipe parameters on top of the method's own, or a callable batch -> list of views.
+    ``head_widths``: "scaled" (default) caps every head width the caller did not set at
+    ``heads.HEAD_WIDTH_FACTOR`` (16) x the backbone's feature size; "paper" keeps the papers'.
     """
 
     method_name: ClassVar[str] = "method"
@@ -142,8 +148,11 @@ class Method(nn.Module):
         views: Any = None,
         view_style: str = "natural",
         backbone_kwargs: dict[str, Any] | None = None,
+        head_widths: str = "scaled",
     ) -> None:
         super().__init__()
+        scaled_width(1, 1, head_widths)  # an unknown mode fails before the backbone is built
+        self.head_widths = head_widths
         backbone_kwargs = dict(backbone_kwargs or {})
         refuse_renamed(self.method_name, _RENAMED_BACKBONE_KWARGS, backbone_kwargs)
         self.in_channels = in_channels  # of the data; the views may encode it (wafer fail_mask)
@@ -157,6 +166,18 @@ class Method(nn.Module):
             **backbone_kwargs,
         )
         self.feature_dim = self.backbone.feature_dim
+
+    def head_sizes(self, **widths: int) -> dict[str, int]:
+        """The head ``widths`` to build (name -> the constructor's value). Those the caller did
+        not set follow ``head_widths``: "scaled" caps them at ``HEAD_WIDTH_FACTOR`` x
+        ``feature_dim`` (``heads.scaled_width``), "paper" keeps the paper's. The widths used
+        are recorded, so ``hyperparameters()`` (and a checkpoint) rebuild the same heads."""
+        record = self.__dict__[_ARGUMENTS]
+        for name, width in widths.items():
+            if name not in record[_EXPLICIT]:
+                widths[name] = scaled_width(width, self.feature_dim, self.head_widths)
+            record[name] = widths[name]
+        return widths
 
     def _seal_hyperparameters(self, arguments: dict[str, Any]) -> None:
         names, _ = keyword_parameters(type(self))

@@ -45,6 +45,9 @@ class BYOL(MomentumMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, feature_size, **kwargs)
+        proj_hidden_dim, proj_dim, pred_hidden_dim = self.head_sizes(
+            proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim, pred_hidden_dim=pred_hidden_dim
+        ).values()
         self.projector = mlp(self.feature_dim, proj_hidden_dim, proj_dim)
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
         self.add_momentum_targets(

@@ -66,6 +66,10 @@ class DINO(MomentumMethod):
         if num_local_crops < 0:
             raise ValueError(f"dino: num_local_crops must be >= 0, got {num_local_crops}")
         super().__init__(backbone, feature_size, **kwargs)
+        # out_dim is a prototype count (the softmax's K), not a layer fed by the features: kept
+        head_hidden_dim, bottleneck_dim = self.head_sizes(
+            head_hidden_dim=head_hidden_dim, bottleneck_dim=bottleneck_dim
+        ).values()
         self.num_local_crops = num_local_crops
         self.student_temp = student_temp
         self.final_teacher_temp = teacher_temp

@@ -52,6 +52,9 @@ class MoCoV2(MomentumMethod):
     ) -> None:
         check_positive("mocov2", temperature=temperature)
         super().__init__(backbone, feature_size, **kwargs)
+        proj_hidden_dim, proj_dim = self.head_sizes(
+            proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim
+        ).values()
         self.temperature = temperature
         self.symmetric = symmetric
         # MoCo v2's head: fc-ReLU-fc without BatchNorm

@@ -40,6 +40,9 @@ class SimCLR(Method):
     ) -> None:
         check_positive("simclr", temperature=temperature)
         super().__init__(backbone, feature_size, **kwargs)
+        proj_hidden_dim, proj_dim = self.head_sizes(
+            proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim
+        ).values()
         self.temperature = temperature
         self.projector = mlp(
             self.feature_dim, proj_hidden_dim, proj_dim, num_layers=num_proj_layers

@@ -37,6 +37,9 @@ class SimSiam(Method):
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, feature_size, **kwargs)
+        proj_hidden_dim, proj_dim, pred_hidden_dim = self.head_sizes(
+            proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim, pred_hidden_dim=pred_hidden_dim
+        ).values()
         self.projector = mlp(
             self.feature_dim, proj_hidden_dim, proj_dim, num_layers=3, last_norm=True
         )
