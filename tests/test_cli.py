@@ -161,7 +161,7 @@ def test_cli_supervised_protocols_record_selection_and_test(labelled_npz, tmp_pa
                 main([*argv, *option])
             assert exit_info.value.code == 2
     assert main(argv) == 0
-    record = json.loads((run / f"eval_{protocol}_data.json").read_text())
+    record = json.loads((run / f"eval_{protocol}_data_f0.5.json").read_text())
     # 32 maps per class: val takes round(3.2) = 3 each, train keeps 29 and half of that is
     # round(14.5) = 14 each (round half to even)
     assert record["splits"]["train"]["size"] == 3 * 14
@@ -303,3 +303,73 @@ def test_backbones_lists_their_options(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "convnet_small  (backbone_kwargs: width=32)" in lines
     assert "timm/<model name>" in lines
+
+
+def noise_npz(folder: Path, name: str, n: int, seed: int) -> Path:
+    """Labelled 16x16 RGB noise: kNN scores that depend on which bank votes."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8)
+    path = folder / f"{name}.npz"
+    np.savez(path, images=images, labels=np.arange(n) % 3)
+    return path
+
+
+def test_eval_knn_and_embed_read_the_run_and_reproduce_the_monitor_bank(tmp_path, capsys):
+    train, val = noise_npz(tmp_path, "train", 96, 0), noise_npz(tmp_path, "val", 48, 1)
+    assert main(pretrain_args(train, val, tmp_path, "--set", "knn_max_train=20")) == 0
+    run = tmp_path / "cli"
+    monitor = json.loads((run / "summary.json").read_text())["knn_history"][-1]["knn3_macro_f1"]
+    capsys.readouterr()
+
+    # no --data: the run's data votes, its val_data asks; the monitor's seeded 20 of 96
+    assert main(["eval", "knn", str(run), "--k", "3", "--max-bank", "20", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"data: {train} (the run's data, {run / 'config.yaml'})" in out
+    assert "kNN bank: 20 of 96 labelled samples (--max-bank 20, seed 0)" in out
+    record = json.loads((run / "eval_knn_val_bank20.json").read_text())
+    assert (record["bank"]["size"], record["bank"]["of"], record["bank"]["cap"]) == (20, 96, 20)
+    assert record["queries"]["data"] == str(val)
+    assert record["scores"]["knn3_macro_f1"] == pytest.approx(monitor, abs=1e-6)
+
+    assert main(["eval", "knn", str(run), "--k", "3"]) == 0
+    assert "kNN bank: 96 of 96 labelled samples\n" in capsys.readouterr().out
+    whole = json.loads((run / "eval_knn_val.json").read_text())["bank"]
+    assert (whole["data"], whole["size"], whole["of"], whole["cap"]) == (str(train), 96, 96, None)
+
+    assert main(["embed", str(run), "--out", str(tmp_path / "f.npz")]) == 0
+    assert f"data: {train} (the run's data" in capsys.readouterr().out
+    assert np.load(tmp_path / "f.npz")["labels"].shape == (96,)
+
+
+def test_eval_records_named_by_data_and_fraction_and_replacing_is_said(
+    labelled_npz, tmp_path, capsys
+):
+    train, val = labelled_npz
+    assert main(pretrain_args(train, val, tmp_path)) == 0
+    run = tmp_path / "cli"
+    half = ["eval", "linear", str(run), "--test-data", str(val), "--label-fraction", "0.5"]
+    assert main(half) == 0
+    assert (run / "eval_linear_data_f0.5.json").is_file()
+    assert main(["eval", "linear", str(run), "--data", str(train), "--test-data", str(val)]) == 0
+    assert (run / "eval_linear_data.json").is_file()  # the run's data, all labels: today's name
+    other = ["eval", "linear", str(run), "--data", str(val), "--test-data", str(train)]
+    assert main(other) == 0
+    assert (run / "eval_linear_val.npz_train.npz.json").is_file()
+    first = json.loads((run / "eval_linear_data_f0.5.json").read_text())["test"]["macro_f1"]
+    capsys.readouterr()
+    assert main(half) == 0
+    out = capsys.readouterr().out
+    path = run / "eval_linear_data_f0.5.json"
+    assert f"replaced {path} (previous result: macro_f1 {first:.4f}; now macro_f1 " in out
+
+
+def test_eval_knn_of_data_of_another_kind_points_to_eval_transfer(idx_folder, tmp_path, capsys):
+    codes = np.random.default_rng(0).integers(0, 3, size=(64, 16, 16), dtype=np.uint8)
+    maps = tmp_path / "maps.npz"
+    np.savez(maps, images=codes)
+    assert main(pretrain_args(maps, maps, tmp_path, "--set", "view_style=wafer")) == 0
+    capsys.readouterr()
+    assert main(["eval", "knn", str(tmp_path / "cli"), "--data", str(idx_folder), "--k", "3"]) != 0
+    err = capsys.readouterr().err
+    assert "that is a transfer; use `selfsup eval transfer" in err
+    assert "expect die codes in {0, 1, 2}" in err

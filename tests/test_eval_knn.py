@@ -235,3 +235,15 @@ def test_knn_metric_keys_are_built_and_read_back_by_one_pair_of_functions(random
         for k in (3, 10)
         for metric in ("accuracy", "balanced_accuracy", "macro_f1")  # 4 classes: no top-5
     }
+
+
+def test_capped_bank_draws_the_monitors_seeded_subset():
+    from selfsup.data import ImageDataset
+    from selfsup.eval.knn import capped_bank
+
+    bank = ImageDataset(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), labels=torch.arange(10))
+    assert capped_bank(bank, None) is bank and capped_bank(bank, 10) is bank
+    chosen = torch.randperm(10, generator=torch.Generator().manual_seed(3))[:4]
+    assert capped_bank(bank, 4, seed=3).labels.tolist() == chosen.tolist()
+    with pytest.raises(ValueError, match="max_bank must be a positive integer or None, got 0"):
+        capped_bank(bank, 0)

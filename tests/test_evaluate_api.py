@@ -71,7 +71,7 @@ def test_every_protocol_runs_on_tiny_data(protocol, labelled_npz, export):
     assert json.loads(json.dumps(result.record)) == result.record  # JSON as it stands
     assert len(result.record["backbone"]["checksum"]) == 16
     if protocol == "knn":
-        assert result.record["k"] == [3, 7] and result.name == "eval_knn_val"
+        assert result.record["k"] == [3, 7] and result.name == "eval_knn_train.npz_val.npz"
         assert result.record["queries"]["size"] == 48 and 0 <= result.metrics["knn7_accuracy"] <= 1
         return
     # 32 per class: val carves round(3.2) = 3, train keeps 29, half of that is round(14.5) = 14
@@ -79,8 +79,10 @@ def test_every_protocol_runs_on_tiny_data(protocol, labelled_npz, export):
     assert sizes == {"train": 3 * 14, "val": 3 * 3, "test": 48}
     assert result.metrics["num_samples"] == 48 and 0 <= result.metrics["macro_f1"] <= 1
     assert result.record["label_fraction"] == 0.5 and result.record["seed"] == 0
+    if protocol != "transfer":  # an export without config.yaml: the data is named
+        assert result.name == f"eval_{protocol}_train.npz_val.npz_f0.5"
     if protocol == "transfer":
-        assert result.name == "eval_transfer_linear_train.npz"
+        assert result.name == "eval_transfer_linear_train.npz_f0.5"
         assert result.record["transfer"]["probe"] == "linear"
         assert "pretraining data unknown" in result.record["transfer"]["pretrained_on"]["note"]
     if protocol == "finetune":
@@ -149,3 +151,30 @@ def test_evaluate_is_part_of_the_public_facade():
     if "evaluate" not in public:
         pytest.skip("selfsup.evaluate is not in the facade yet")
     assert selfsup.evaluate is evaluate
+
+
+def test_choose_data_reads_the_run_config_from_an_export_or_checkpoint(tmp_path):
+    from selfsup.eval.api import choose_data
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "export").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "config.yaml").write_text("data: /d/folder\nval_data: /d/val\n")
+    for given in (run, run / "export", run / "checkpoints" / "last.ckpt"):
+        choice = choose_data(given, None)
+        assert (choice.data, choice.from_run, choice.is_runs) == ("/d/folder", True, True)
+        assert choice.note() == f"data: /d/folder (the run's data, {run / 'config.yaml'})"
+    assert choose_data(run, "/d/other").origin == "given"
+    assert not choose_data(run, "/d/other").is_runs
+    bare = choose_data(tmp_path, None)
+    assert (bare.data, bare.from_run, bare.is_runs) == ("wafers", False, True)
+
+
+def test_evaluate_knn_records_a_capped_bank(labelled_npz, export):
+    train, val = labelled_npz
+    result = evaluate(export, data=str(train), query_data=str(val), k=3, max_bank=30, seed=1)
+    bank = result.record["bank"]
+    assert (bank["size"], bank["of"], bank["cap"], result.record["seed"]) == (30, 96, 30, 1)
+    assert result.name == "eval_knn_train.npz_val.npz_bank30"
+    assert "kNN bank: 30 of 96 labelled samples (--max-bank 30, seed 1)" in result.table()

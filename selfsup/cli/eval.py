@@ -16,13 +16,20 @@ from selfsup.config import apply_overrides
 
 # options whose evaluate() keyword differs from their argparse destination
 EVALUATE_NAMES = {"split": "query_split"}
+RUN_DATA = "the run's data in its config.yaml, else wafers"
+RECORDS = (
+    "Writes RUN/eval_<protocol>_<split>.json on the run's data with all labels; other data "
+    "adds its name (and --test-data's / --query-data's), --label-fraction F adds _fF, "
+    "--max-bank N adds _bankN. An existing file of the same name is replaced, and the "
+    "command says so with its previous result."
+)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Any ``selfsup eval`` protocol: evaluate, print the table, write RUN/<record>.json."""
     import inspect
 
-    from selfsup.eval.api import evaluate
+    from selfsup.eval.api import evaluate, previous_result
 
     keywords = inspect.signature(evaluate).parameters
     options = {
@@ -33,9 +40,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "views" in options:
         options["views"] = apply_overrides({}, options["views"], "--views")
     result = evaluate(args.run, **options)
+    print("\n".join(result.notes))
     print(result.table())
     if Path(args.run).is_dir():
-        print(f"wrote {result.save(args.run)}")
+        previous = previous_result(Path(args.run) / f"{result.name}.json")
+        path = result.save(args.run)
+        print(f"wrote {path}")
+        if previous is not None:
+            print(f"replaced {path} (previous result: {previous}; now {result.key_metric()})")
     else:
         print(f"no JSON written: '{args.run}' is a file, not a run folder")
     return 0
@@ -63,7 +75,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
         p.add_argument("--data", required=True, help=f"labelled target data B: {SPEC_HELP}")
         p.add_argument("--probe", default=PROBES[0], choices=PROBES)
     else:
-        p.add_argument("--data", default="wafers", help=f"labelled training data: {SPEC_HELP}")
+        p.add_argument("--data", help=f"labelled training data (default: {RUN_DATA}): {SPEC_HELP}")
     p.add_argument("--train-split", help="labelled split (wafers: train_10; IDX: train)")
     p.add_argument("--val-split", help="wafers: val (other data: 10 %% of train, stratified)")
     p.add_argument("--test-split", help="wafers, IDX: test")
@@ -101,13 +113,24 @@ def add_eval_commands(sub: Any) -> None:
     )
     eval_sub = p.add_subparsers(dest="protocol", required=True)
     k = eval_sub.add_parser(
-        "knn", help="weighted kNN (cosine, exp(sim/t))", formatter_class=FORMATTER
-    )
+        "knn", help="weighted kNN (cosine, exp(sim/t))", description=RECORDS,
+        formatter_class=FORMATTER,
+    )  # fmt: skip
     add_load_args(k)
-    k.add_argument("--data", default="wafers", help=f"labelled data that votes: {SPEC_HELP}")
-    k.add_argument("--bank-split", help="split that votes (wafers, IDX: train)")
-    k.add_argument("--split", help="query split (wafers: val; IDX: test)")
-    k.add_argument("--query-data", help="other labelled data for the queries")
+    k.add_argument("--data", help=f"labelled data that votes (default: {RUN_DATA}): {SPEC_HELP}")
+    k.add_argument(
+        "--bank-split", help="split that votes (wafers: the run's train_split; IDX: train)"
+    )
+    k.add_argument("--split", help="query split (wafers: the run's val_split; IDX: test)")
+    k.add_argument(
+        "--query-data", help="other labelled data for the queries (default: the run's val_data)"
+    )
+    k.add_argument(
+        "--max-bank", type=int, metavar="N",
+        help="vote with a seeded random N of the bank (the training monitor's knn_max_train "
+        "draw: --max-bank 20000 --seed S reproduces its number); default: the whole bank",
+    )  # fmt: skip
+    k.add_argument("--seed", type=int, default=0, help="seed of the --max-bank draw")
     k.add_argument("--k", type=int, nargs="+", default=list(KNN_K))
     k.add_argument("--temperature", type=float, default=KNN_TEMPERATURE)
     k.set_defaults(func=cmd_eval)
@@ -118,8 +141,9 @@ def add_eval_commands(sub: Any) -> None:
         ("transfer", "a probe on other labelled data, at the backbone's size and channels"),
     ):
         e = eval_sub.add_parser(
-            protocol, help=f"{text}; chosen on val, test scored once", formatter_class=FORMATTER
-        )
+            protocol, help=f"{text}; chosen on val, test scored once", description=RECORDS,
+            formatter_class=FORMATTER,
+        )  # fmt: skip
         add_load_args(e)
         _add_protocol_args(e, protocol)
         e.set_defaults(func=cmd_eval)

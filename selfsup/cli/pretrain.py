@@ -51,6 +51,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"{minutes:.1f} min"
     )
     print(knn_comparison_table(summary))
+    bank = summary.get("knn_bank")
+    if bank and bank["size"] < bank["of"]:
+        print(
+            f"kNN bank: a seeded {bank['size']} of the {bank['of']} training images "
+            f"(knn_max_train); `selfsup eval knn RUN --max-bank {bank['size']} --seed "
+            f"{bank['seed']}` draws the same, without --max-bank it votes with all of them"
+        )
     return 0
 
 

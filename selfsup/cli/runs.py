@@ -15,13 +15,18 @@ from selfsup.cli.common import FORMATTER, add_load_args, add_trust_arg
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup.eval import extract_features
+    from selfsup.eval.api import choose_data
     from selfsup.eval.protocol import load_eval_data
+    from selfsup.eval.transfer import transfer_hint
 
     backbone, preprocess, meta = load_trained(
         args.run, args.checkpoint, trust_checkpoint=args.trust_checkpoint
     )
-    data = load_eval_data(args.data, meta, args.split)
-    feats = extract_features(backbone, data.images, preprocess, batch_size=args.batch_size)
+    choice = choose_data(args.run, args.data)
+    print(choice.note())
+    data = load_eval_data(choice.data, meta, args.split)
+    with transfer_hint("embed", meta, [data]):
+        feats = extract_features(backbone, data.images, preprocess, batch_size=args.batch_size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"features": feats.numpy()}
@@ -89,8 +94,10 @@ def add_run_commands(sub: Any) -> None:
         formatter_class=FORMATTER,
     )
     add_load_args(p)
-    p.add_argument("--data", default="wafers")
-    p.add_argument("--split", default=None)
+    p.add_argument(
+        "--data", help="data to embed (default: the run's data in its config.yaml, else wafers)"
+    )
+    p.add_argument("--split", default=None, help="split of data with named splits (wafers, IDX)")
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=512)
     p.set_defaults(func=cmd_embed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,27 +29,74 @@ from typing import Any
 from torch import nn
 
 from selfsup.eval.finetune import HEAD_INITS
-from selfsup.eval.knn import KNN_K, KNN_TEMPERATURE
+from selfsup.eval.knn import KNN_K, KNN_TEMPERATURE, capped_bank
 from selfsup.eval.metrics import REPORTED_METRICS
 from selfsup.eval.protocol import (
     ProtocolData,
     check_fraction,
     knn_sources,
     load_eval_data,
+    named_splits,
     split_for,
 )
 from selfsup.eval.supervised import FINETUNE_EPOCHS, FINETUNE_MIN_STEPS, FitSettings, fit_and_test
 from selfsup.eval.transfer import (
     PROBES,
     TransferLoader,
+    data_slug,
     match_styles,
+    run_config,
+    transfer_hint,
     transfer_record_name,
     transfer_section,
 )
 from selfsup.runtime.progress import Progress, resolve_progress
 
+log = logging.getLogger(__name__)
+
 PROTOCOLS = ("knn", "linear", "mlp", "finetune", "transfer")
 SELECTION = "validation macro-F1; test scored once"
+DEFAULT_DATA = "wafers"  # when neither the caller nor the run's config.yaml names data
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """The data an evaluation reads: ``data`` as given, else the run's (config.yaml), else
+    ``DEFAULT_DATA``; ``origin`` says which, ``config`` holds the run's config values."""
+
+    data: str
+    origin: str
+    run_data: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_runs(self) -> bool:
+        """True when the data is the one the run was pretrained on (or the default)."""
+        from selfsup.data.spec import absolute_spec
+
+        return absolute_spec(self.data) == absolute_spec(self.run_data)
+
+    @property
+    def from_run(self) -> bool:
+        """True when the data was not given but read from the run's config.yaml."""
+        return self.origin.startswith("the run's")
+
+    def note(self) -> str:
+        """``data: <spec> (<origin>)``, the line ``selfsup eval`` and ``embed`` print."""
+        return f"data: {self.data} ({self.origin})"
+
+
+def choose_data(run_or_backbone: Any, data: str | None) -> DataChoice:
+    """``data`` when given, else the data in the run's config.yaml (a run folder, or an export
+    folder / .ckpt inside one), else ``DEFAULT_DATA``."""
+    run = None if isinstance(run_or_backbone, nn.Module) else Path(run_or_backbone)
+    path, config = run_config(run)
+    run_data = str(config["data"]) if config.get("data") else DEFAULT_DATA
+    if data is not None:
+        return DataChoice(str(data), "given", run_data, config)
+    if config.get("data"):
+        return DataChoice(run_data, f"the run's data, {path}", run_data, config)
+    return DataChoice(DEFAULT_DATA, "default: no data in a run config.yaml", run_data, config)
 
 
 @dataclass
@@ -59,6 +107,7 @@ class EvaluationResult:
     protocol: str
     record: dict[str, Any]
     name: str
+    notes: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -72,7 +121,11 @@ class EvaluationResult:
 
         if self.protocol == "knn":
             rows = [f"| {key} | {value:.4f} |" for key, value in self.metrics.items()]
-            return "\n".join(["| metric | value |", "|---|---|", *rows])
+            bank = self.record["bank"]
+            cap, seed = bank["cap"], self.record["seed"]
+            capped = f" (--max-bank {cap}, seed {seed})" if cap else ""
+            size = f"kNN bank: {bank['size']} of {bank['of']} labelled samples{capped}"
+            return "\n".join(["| metric | value |", "|---|---|", *rows, "", size])
         label = self.protocol
         if self.protocol == "transfer":
             label = f"transfer {self.record['transfer']['probe']}"
@@ -88,6 +141,33 @@ class EvaluationResult:
             path = path / f"{self.name}.json"
         atomic_write_text(path, json.dumps(self.record, indent=2))
         return path
+
+    def key_metric(self) -> str:
+        """``<name> <value>`` of the headline metric (``replaced ...`` messages)."""
+        return key_metric(self.record)
+
+
+def key_metric(record: dict[str, Any]) -> str:
+    """The headline metric of a saved record: kNN's first macro-F1, else test macro-F1."""
+    scores = record.get("scores") or {}
+    if not isinstance(scores, dict) or not scores:
+        scores = {"macro_f1": (record.get("test") or {}).get("macro_f1")}
+    key = next((k for k in scores if k.endswith("macro_f1")), None)
+    value = scores.get(key) if key else None
+    return f"{key} {value:.4f}" if isinstance(value, float) else "unknown"
+
+
+def previous_result(path: str | Path) -> str | None:
+    """The headline metric of the record already at ``path`` ("unreadable" if it is not
+    JSON); None when there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "unreadable"
+    return key_metric(record) if isinstance(record, dict) else "unreadable"
 
 
 @dataclass
@@ -140,7 +220,7 @@ def _json_record(record: dict[str, Any]) -> dict[str, Any]:
 def evaluate(
     run_or_backbone: str | Path | nn.Module,
     *,
-    data: str = "wafers",
+    data: str | None = None,
     protocol: str = "knn",
     label_fraction: float = 1.0,
     train_split: str | None = None,
@@ -153,6 +233,7 @@ def evaluate(
     query_split: str | None = None,
     k: int | Sequence[int] = KNN_K,
     temperature: float = KNN_TEMPERATURE,
+    max_bank: int | None = None,
     probe: str = PROBES[0],
     epochs: int = FINETUNE_EPOCHS,
     min_steps: int = FINETUNE_MIN_STEPS,
@@ -169,9 +250,13 @@ def evaluate(
     run_or_backbone: a run folder, export folder or ``.ckpt`` (``checkpoint`` = auto | best |
     last and ``trust_checkpoint`` as ``selfsup.artifacts.load_trained``), or a backbone
     module with its ``metadata`` (``selfsup.load_backbone``). data: labelled data (the kNN
-    bank; the supervised protocols' train data; transfer's B). kNN: ``query_data`` (needed
-    unless the data has named splits), ``bank_split``, ``query_split``, ``k``,
-    ``temperature``. Supervised: ``train_split`` / ``val_split`` / ``test_split`` and
+    bank; the supervised protocols' train data; transfer's B); None: the data in the run's
+    config.yaml, else "wafers" (``choose_data``; ``result.notes`` says which). kNN:
+    ``query_data`` (needed unless the data has named splits; default with the run's data: the
+    run's ``val_data``), ``bank_split`` / ``query_split`` (default with the run's wafers: its
+    ``train_split`` / ``val_split``), ``k``, ``temperature``, ``max_bank`` (a seeded random
+    subset of the bank, the training monitor's ``knn_max_train`` draw). Supervised:
+    ``train_split`` / ``val_split`` / ``test_split`` and
     ``val_data`` / ``test_data`` (``selfsup.eval.protocol.ProtocolData``), ``label_fraction``
     of train's labels in (0, 1]. Fine-tuning: ``epochs``, ``min_steps``, ``head_init``
     ("zero" or "probe"), ``views`` (view recipe parameters replaced, e.g. {"die_flip_p": 0}).
@@ -182,14 +267,95 @@ def evaluate(
     _check_request(protocol, label_fraction, probe)
     load = partial(_trained, run_or_backbone, checkpoint, trust_checkpoint)
     progress = resolve_progress(progress)
+    choice = choose_data(run_or_backbone, data)
+    log.debug("evaluate %s: %s", protocol, choice.note())
     if protocol == "knn":
-        sources = knn_sources(data, query_data, bank_split, query_split)
+        query_data, bank_split, query_split = _knn_defaults(
+            choice, query_data, bank_split, query_split
+        )
+        sources = knn_sources(choice.data, query_data, bank_split, query_split)
         ks = [int(k)] if isinstance(k, numbers.Integral) else list(k)
-        return _evaluate_knn(load(), sources, ks, temperature, batch_size, progress)
-    where = ProtocolData(data, train_split, val_split, test_split, val_data, test_data,
-                         label_fraction)  # fmt: skip
-    fit = FitSettings(seed, epochs, min_steps, head_init, dict(views or {}), batch_size, progress)
-    return _evaluate_supervised(protocol, probe, where, load, fit)
+        knn = _KnnRequest(ks, temperature, max_bank, seed, batch_size)
+        result = _evaluate_knn(load(), sources, knn, progress)
+        result.name = _knn_record_name(choice, sources, max_bank)
+    else:
+        where = ProtocolData(choice.data, train_split, val_split, test_split, val_data,
+                             test_data, label_fraction)  # fmt: skip
+        fit = FitSettings(seed, epochs, min_steps, head_init, dict(views or {}), batch_size,
+                          progress)  # fmt: skip
+        result = _evaluate_supervised(protocol, probe, where, load, fit)
+        result.name = _supervised_record_name(protocol, probe, choice, where)
+    result.record["data_from"] = choice.origin
+    result.notes.append(choice.note())
+    return result
+
+
+@dataclass(frozen=True)
+class _KnnRequest:
+    ks: list[int]
+    temperature: float
+    max_bank: int | None
+    seed: int
+    batch_size: int
+
+
+def _knn_defaults(
+    choice: DataChoice, query_data: str | None, bank_split: str | None, query_split: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """(query_data, bank_split, query_split) with the run's own where not given: for the run's
+    wafers its train / val splits (the monitor's bank and queries), for other data its
+    ``val_data`` as the queries."""
+    from selfsup.data.spec import spec_kind
+
+    if not choice.is_runs:
+        return query_data, bank_split, query_split
+    config = choice.config
+    if spec_kind(choice.data) == "wafers":
+        bank_split = bank_split or config.get("train_split")
+        query_split = query_split or config.get("val_split")
+    elif named_splits(choice.data) is None and not query_data:
+        query_data = config.get("val_data")
+    return query_data, bank_split, query_split
+
+
+def _knn_record_name(
+    choice: DataChoice, sources: dict[str, tuple[str, str | None]], max_bank: int | None
+) -> str:
+    """``eval_knn_<query split or val>`` on the run's data and queries (today's name), with
+    the data's / the queries' names when they are other data and ``_bank<N>`` when capped."""
+    (bank_spec, _), (query_spec, query_split) = sources.values()
+    parts = ["eval_knn"]
+    if not choice.is_runs:
+        parts.append(data_slug(bank_spec))
+    run_queries = choice.config.get("val_data")
+    if query_spec != bank_spec and query_spec != run_queries:
+        parts.append(data_slug(query_spec))
+    if query_split or len(parts) == 1:
+        parts.append(query_split or "val")
+    if max_bank is not None:
+        parts.append(f"bank{max_bank}")
+    return "_".join(parts)
+
+
+def _supervised_record_name(
+    protocol: str, probe: str, choice: DataChoice, where: ProtocolData
+) -> str:
+    """Today's names on the run's data with all labels (``eval_linear_train_10``,
+    ``eval_linear_data``, ``eval_transfer_linear_<B>``); other data adds its (and its test
+    data's) names before the split, a label fraction below 1 adds ``_f<fraction>``."""
+    if protocol == "transfer":
+        name = transfer_record_name(probe, where.data)
+    else:
+        others = [] if choice.is_runs else [data_slug(where.data)]
+        if others and where.test_data:
+            others.append(data_slug(where.test_data))
+        split = split_for(where.data, "train", where.train_split)
+        name = "_".join(
+            ["eval", protocol, *others, *([split or "data"] if split or not others else [])]
+        )
+    if where.label_fraction < 1:
+        name += f"_f{where.label_fraction:g}"
+    return name
 
 
 def _check_request(protocol: str, label_fraction: float, probe: str) -> None:
@@ -209,26 +375,37 @@ def _check_request(protocol: str, label_fraction: float, probe: str) -> None:
 
 
 def _evaluate_knn(
-    trained: _Trained, sources: dict[str, tuple[str, str | None]], ks: list[int],
-    temperature: float, batch_size: int, progress: Progress,
+    trained: _Trained, sources: dict[str, tuple[str, str | None]], knn: _KnnRequest,
+    progress: Progress,
 ) -> EvaluationResult:  # fmt: skip
-    """Weighted kNN: the bank's features vote for the queries' classes."""
+    """Weighted kNN: the bank's features (all, or a seeded ``max_bank`` of them) vote for the
+    queries' classes."""
     from selfsup.eval.knn import backbone_knn_scores
 
     bank, queries = (load_eval_data(spec, trained.meta, split) for spec, split in sources.values())
     for role, ds in (("bank", bank), ("queries", queries)):
         if ds.labels is None:
             raise ValueError(f"eval knn: the {role} data '{ds.source}' has no labels")
-    scores = backbone_knn_scores(
-        trained.backbone, trained.preprocess, bank, queries, k=ks, temperature=temperature,
-        batch_size=batch_size, progress=progress,
-    )  # fmt: skip
+    whole = len(bank)
+    bank = capped_bank(bank, knn.max_bank, knn.seed)
+    with transfer_hint("eval knn", trained.meta, (bank, queries)):
+        scores = backbone_knn_scores(
+            trained.backbone, trained.preprocess, bank, queries, k=knn.ks,
+            temperature=knn.temperature, batch_size=knn.batch_size, progress=progress,
+        )  # fmt: skip
     (bank_spec, bank_split), (query_spec, query_split) = sources.values()
     record = {
         "protocol": "knn",
-        "k": ks,
-        "temperature": temperature,
-        "bank": {"data": bank_spec, "split": bank_split, "size": len(bank)},
+        "k": knn.ks,
+        "temperature": knn.temperature,
+        "seed": knn.seed,
+        "bank": {
+            "data": bank_spec,
+            "split": bank_split,
+            "size": len(bank),
+            "of": whole,
+            "cap": knn.max_bank,
+        },  # fmt: skip
         "queries": {"data": query_spec, "split": query_split, "size": len(queries)},
         "backbone": trained.identity,
         "scores": scores,
@@ -248,8 +425,9 @@ def _evaluate_supervised(
             sources, lambda spec, split: load_eval_data(spec, trained.meta, split),
             protocol=protocol, seed=fit.seed,
         )  # fmt: skip
-        record = _supervised_record(protocol, protocol, trained, trained.preprocess, splits,
-                                    where, fit)  # fmt: skip
+        with transfer_hint(f"eval {protocol}", trained.meta, splits.values()):
+            record = _supervised_record(protocol, protocol, trained, trained.preprocess, splits,
+                                        where, fit)  # fmt: skip
         name = f"eval_{protocol}_{split_for(where.data, 'train', where.train_split) or 'data'}"
         return EvaluationResult(protocol, _json_record(record), name)
     loader = TransferLoader(trained.meta)

@@ -203,6 +203,21 @@ def backbone_knn_scores(
     )  # fmt: skip
 
 
+def capped_bank(bank: Any, max_bank: int | None, seed: int = 0) -> Any:
+    """``bank`` (anything with ``len`` and ``subset(indices)``), or a seeded random ``max_bank``
+    of it when it is larger: ``randperm(len(bank), generator=Generator().manual_seed(seed))``
+    [:max_bank], the draw the training monitor makes first with its generator (config
+    ``knn_max_train``), so the same seed gives the same bank."""
+    if max_bank is None:
+        return bank
+    if isinstance(max_bank, bool) or not isinstance(max_bank, numbers.Integral) or max_bank < 1:
+        raise ValueError(f"max_bank must be a positive integer or None, got {max_bank!r}")
+    if len(bank) <= max_bank:
+        return bank
+    generator = torch.Generator().manual_seed(seed)
+    return bank.subset(torch.randperm(len(bank), generator=generator)[:max_bank])
+
+
 def _check_ks(k: int | Sequence[int]) -> list[int]:
     ks = [k] if isinstance(k, numbers.Integral) else list(k)
     if not ks or any(

@@ -9,6 +9,8 @@ was pretrained on (A, from the run's ``config.yaml``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,18 @@ def match_styles(
     return splits, unit.preprocess, UNIT_RANGE_NOTE
 
 
+def run_config(run: Path | None) -> tuple[Path | None, dict[str, Any]]:
+    """(config.yaml path, its values) of the run that ``run`` (a run folder, an export folder or
+    a ``.ckpt`` inside one) belongs to, looking one and two levels up; (None, {}) if none."""
+    if run is None:
+        return None, {}
+    base = run.parent if run.is_file() else run
+    for folder in (base, base.parent):
+        if (folder / CONFIG_FILE).is_file():
+            return folder / CONFIG_FILE, read_config(folder)
+    return None, {}
+
+
 def pretraining_data(run: Path | None) -> dict[str, Any]:
     """What the backbone was pretrained on, from the run's config.yaml (next to the export,
     the checkpoint, or one level up); ``run`` None: a backbone handed over as an object."""
@@ -85,15 +99,36 @@ def pretraining_data(run: Path | None) -> dict[str, Any]:
             "data": None,
             "note": "a loaded backbone, not a run folder: pretraining data unknown",
         }
-    base = run.parent if run.is_file() else run
-    for folder in (base, base.parent):
-        if (folder / CONFIG_FILE).is_file():
-            values = read_config(folder)
-            found = {k: values.get(k) for k in ("data", "method", "image_size", "epochs")}
-            if str(values.get("data", "")).lower() in WAFER_SPECS:
-                found["train_split"] = values.get("train_split")
-            return {"config": str(folder / CONFIG_FILE), **found}
-    return {"data": None, "note": f"no config.yaml beside '{run}': pretraining data unknown"}
+    path, values = run_config(run)
+    if path is None:
+        return {"data": None, "note": f"no config.yaml beside '{run}': pretraining data unknown"}
+    found = {k: values.get(k) for k in ("data", "method", "image_size", "epochs")}
+    if str(values.get("data", "")).lower() in WAFER_SPECS:
+        found["train_split"] = values.get("train_split")
+    return {"config": str(path), **found}
+
+
+@contextmanager
+def transfer_hint(
+    command: str, meta: dict[str, Any], datasets: Iterable[ImageDataset]
+) -> Iterator[None]:
+    """Re-raise a ValueError of the block with a hint when the data differs in kind (wafer maps
+    vs natural images) from what the backbone was pretrained on: that is a transfer."""
+    datasets = list(datasets)
+    try:
+        yield
+    except ValueError as err:
+        backbone_style = meta.get("view_style", "natural")
+        styles = sorted({ds.style for ds in datasets} - {backbone_style})
+        if not styles:
+            raise
+        sources = ", ".join(f"'{ds.source}'" for ds in datasets if ds.style != backbone_style)
+        raise ValueError(
+            f"{command}: the data {sources} holds {' and '.join(styles)} images but the backbone "
+            f"was pretrained on {backbone_style} images: that is a transfer; use "
+            f"`selfsup eval transfer RUN --data SPEC --test-data SPEC`, which reads the data at "
+            f"the backbone's size, channels and style ({err})"
+        ) from err
 
 
 def transfer_section(
@@ -112,7 +147,13 @@ def transfer_section(
     }
 
 
+def data_slug(spec: str) -> str:
+    """A data spec's file or folder name (and ``:split``), safe as part of a file name."""
+    path, split = split_spec(spec)
+    name = Path(path).name + (f"-{split}" if split else "")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "data"
+
+
 def transfer_record_name(probe: str, target: str) -> str:
     """``eval_transfer_<probe>_<B's file or folder name>``, safe as a file name."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(split_spec(target)[0]).name) or "data"
-    return f"eval_transfer_{probe}_{slug}"
+    return f"eval_transfer_{probe}_{data_slug(split_spec(target)[0])}"

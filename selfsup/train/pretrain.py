@@ -248,6 +248,10 @@ def _train(
             method.backbone, method.views.preprocess, bank, queries,
             k=cfg.knn_k, temperature=cfg.knn_temperature, precision=knn_precision,
         )  # fmt: skip
+    if bank is not None:  # eval knn --max-bank SIZE --seed SEED draws the same subset
+        summary["knn_bank"] = {
+            "size": len(bank), "of": len(train), "cap": cfg.knn_max_train, "seed": cfg.seed,
+        }  # fmt: skip
     datamodule = BatchDataModule(train, cfg.batch_size, cfg.seed, cfg.num_workers)
     with metrics_parts(run_dir, resumed=resume_ckpt is not None):
         _fit(trainer, module, datamodule, run_dir, resume_ckpt, heap)
