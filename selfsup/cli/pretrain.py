@@ -47,7 +47,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     minutes = summary.get("train_seconds", 0.0) / 60
     print(
         f"{summary.get('method')} on {summary.get('data', cfg.data)}: "
-        f"{summary.get('steps')} steps ({summary.get('epochs_trained')} epochs), "
+        f"{summary.get('steps')} steps ({summary.get('epochs_trained', 0):.3g} epochs), "
         f"{minutes:.1f} min"
     )
     print(knn_comparison_table(summary))

@@ -85,7 +85,7 @@ def finish_run(
             "data": cfg.data,
             "epochs_completed": trainer.current_epoch,
             # a run stopped by max_steps or the time budget ends inside an epoch
-            "epochs_trained": round(trainer.global_step / max(1, trainer.num_training_batches), 2),
+            "epochs_trained": round(trainer.global_step / max(1, trainer.num_training_batches), 4),
             "steps": trainer.global_step,
             # every segment of a resumed run, kept in the checkpoints
             "train_seconds": module.train_seconds(),
