@@ -225,39 +225,47 @@ def _train(
         build_config={"method": cfg.method, **method.hyperparameters()},
     )
     heap = cfg.cpu_heap_allocations and not on_gpu(cfg.accelerator) and glibc() is not None
-    summary = read_summary(run_dir) if resume_ckpt else {}
     if trainer.is_global_zero and not resume_ckpt:
-        write_config(
-            run_dir,
-            cfg.to_dict(),
-            {
-                "seed": cfg.seed,
-                "precision": precision,
-                "channels_last": channels_last,
-                "cpu_heap_allocations": heap,
-                "world_size": world,
-                "lr_scaled": lr,
-                "steps_per_epoch": epoch_steps,
-                "total_steps": total_steps,
-                "train_images": len(train),
-                "method_hyperparameters": method.hyperparameters(),
-            },
-        )
-    if bank is not None and "random_init" not in summary:
-        summary["random_init"] = backbone_knn_scores(
-            method.backbone, method.views.preprocess, bank, queries,
-            k=cfg.knn_k, temperature=cfg.knn_temperature, precision=knn_precision,
-        )  # fmt: skip
-    if bank is not None:  # eval knn --max-bank SIZE --seed SEED draws the same subset
-        summary["knn_bank"] = {
-            "size": len(bank), "of": len(train), "cap": cfg.knn_max_train, "seed": cfg.seed,
-        }  # fmt: skip
+        write_config(run_dir, cfg.to_dict(), {
+            "seed": cfg.seed, "precision": precision, "channels_last": channels_last,
+            "cpu_heap_allocations": heap, "world_size": world, "lr_scaled": lr,
+            "steps_per_epoch": epoch_steps, "total_steps": total_steps, "train_images": len(train),
+            "method_hyperparameters": method.hyperparameters(),
+        })  # fmt: skip
+    summary = _starting_summary(cfg, run_dir, resume_ckpt, method, train, bank, queries,
+                                knn_precision)  # fmt: skip
     datamodule = BatchDataModule(train, cfg.batch_size, cfg.seed, cfg.num_workers)
     with metrics_parts(run_dir, resumed=resume_ckpt is not None):
         _fit(trainer, module, datamodule, run_dir, resume_ckpt, heap)
     if trainer.is_global_zero:
         finish_run(run_dir, trainer, module, cfg, summary, callbacks)
     return module
+
+
+def _starting_summary(
+    cfg: PretrainConfig,
+    run_dir: Path,
+    resume_ckpt: Path | None,
+    method: Any,
+    train: Any,
+    bank: Any,
+    queries: Any,
+    knn_precision: str,
+) -> dict[str, Any]:
+    """The summary a run starts from: a resumed run's own, plus the random-init kNN scores (once)
+    and the kNN monitor's bank (``eval knn --max-bank SIZE --seed SEED`` draws the same)."""
+    summary = read_summary(run_dir) if resume_ckpt else {}
+    if bank is None:
+        return summary
+    if "random_init" not in summary:
+        summary["random_init"] = backbone_knn_scores(
+            method.backbone, method.views.preprocess, bank, queries,
+            k=cfg.knn_k, temperature=cfg.knn_temperature, precision=knn_precision,
+        )  # fmt: skip
+    summary["knn_bank"] = {
+        "size": len(bank), "of": len(train), "cap": cfg.knn_max_train, "seed": cfg.seed,
+    }  # fmt: skip
+    return summary
 
 
 def _fit(
