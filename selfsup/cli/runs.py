@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from selfsup.artifacts import load_trained
-from selfsup.cli.common import FORMATTER, add_load_args, add_trust_arg
+from selfsup.cli.common import FORMATTER, add_load_args, add_run_args, add_trust_arg
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -103,15 +103,12 @@ def add_run_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("export", help="backbone-only safetensors + JSON", formatter_class=FORMATTER)
-    p.add_argument("run", help="run folder or .ckpt")
-    p.add_argument(
-        "--checkpoint",
-        default="auto",
-        choices=["auto", "best", "last"],
-        help="auto: the checkpoint the run exported itself (summary.json), else last",
+    add_run_args(
+        p,
+        "run folder or .ckpt",
+        "auto: the checkpoint the run exported itself (summary.json), else last",
     )
     p.add_argument("--out", help="output folder (default RUN/export)")
-    add_trust_arg(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
