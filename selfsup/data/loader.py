@@ -6,7 +6,7 @@ index plan in a ``torch.utils.data.DataLoader`` for Lightning (pinning, worker p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from selfsup.data.image_dataset import ImageDataset
 
-Batch = Tensor | tuple[Tensor, Tensor]
+Batch = Tensor | tuple[Tensor, Tensor] | tuple[Tensor, dict[str, Tensor]]
+# per-sample fields a loader can yield beside the images (``fields=``), see ``BatchLoader.fetch``
+SAMPLE_FIELDS = ("labels", "indices")
 
 
 def pin_memory_for(device: str | torch.device) -> bool:
@@ -36,6 +38,10 @@ def pin_memory_for(device: str | torch.device) -> bool:
 class BatchLoader:
     """uint8 batches [b, C, H, W] (and int64 labels [b] when ``with_labels``) of a dataset.
 
+    ``fields`` (names from ``SAMPLE_FIELDS``) makes every batch ``(images, {name: int64 [b]})``:
+    ``labels`` (-1 for an unlabelled dataset or sample) and ``indices`` (global positions in
+    the dataset, the same on every rank), for methods that declare ``batch_fields``.
+
     Each epoch draws a permutation from ``seed + epoch`` (call ``set_epoch`` before iterating;
     the permutation is drawn when iteration starts). With ``world_size > 1`` each rank takes
     every world_size-th element of the permutation, after the tail is cut so every rank gets
@@ -54,7 +60,13 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         with_labels: bool = False,
+        fields: Sequence[str] = (),
     ) -> None:
+        unknown = sorted(set(fields) - set(SAMPLE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown sample fields {unknown} (known: {SAMPLE_FIELDS})")
+        if fields and with_labels:
+            raise ValueError("give with_labels or fields=('labels', ...), not both")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -69,6 +81,7 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.with_labels = with_labels
+        self.fields = tuple(fields)
         self.epoch = 0
         self.per_rank = len(dataset) // world_size
         if self.per_rank == 0 or (drop_last and batch_size > self.per_rank):
@@ -104,7 +117,17 @@ class BatchLoader:
         images = self.dataset.images.index_select(0, index)
         if self.with_labels:
             return images, self.dataset.labels.index_select(0, index)  # type: ignore[union-attr]
+        if self.fields:
+            return images, {name: self._field(name, index) for name in self.fields}
         return images
+
+    def _field(self, name: str, index: Tensor) -> Tensor:
+        if name == "indices":
+            return index.to(torch.int64)
+        labels = self.dataset.labels
+        if labels is None:
+            return torch.full(index.shape, -1, dtype=torch.int64)
+        return labels.index_select(0, index)
 
     def __iter__(self) -> Iterator[Batch]:
         for index in self.batch_indices():
@@ -160,6 +183,7 @@ def make_dataloader(
     rank: int = 0,
     world_size: int = 1,
     with_labels: bool = False,
+    fields: Sequence[str] = (),
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> EpochDataLoader:
@@ -183,6 +207,7 @@ def make_dataloader(
         rank=rank,
         world_size=world_size,
         with_labels=with_labels,
+        fields=fields,
     )
     loader = EpochDataLoader(
         _BatchFetcher(batches),

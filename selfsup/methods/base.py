@@ -6,7 +6,10 @@ model = SimCLR(my_module, 512, image_size=32)   # PySSL style: your nn.Module an
 loss = method(images)                 # default views (per-sample random), then the loss
 out = method.training_loss(views)     # views: list of tensors -> LossOutput(loss, logs)
 feats = method.embed(images)          # backbone features, eval mode, no grad
-method.on_train_step_end(progress)    # momentum / temperature schedules; progress in [0, 1]
+method.on_train_step_end(progress)    # after a step: schedules (set_progress), EMA targets
+method.on_train_epoch_start(epoch)    # at every epoch start (SwAV's queue and prototype freeze)
+method.before_optimizer_step()        # after backward, before the optimizer step
+loss = supcon(images, labels=labels)  # methods with batch_fields take per-sample fields
 method.backbone                       # plain nn.Module with .feature_dim
 method.encoder                        # backbone + the head whose output the loss uses
 method.hyperparameters()              # the constructor's arguments, JSON-safe (save / rebuild)
@@ -20,7 +23,12 @@ Rules for a subclass (one file, ``@register("name")``):
   that follow from its hyper-parameters come from the classmethod ``view_overrides(arguments)``,
   which reads the constructor's arguments, never attributes (it runs inside
   ``Method.__init__``, before the subclass has set any);
-- ``encoder_head`` names the head after the backbone whose output the loss uses.
+- ``encoder_head`` names the head after the backbone whose output the loss uses;
+- ``batch_fields`` names the per-sample fields ``training_loss`` takes as keyword arguments,
+  from ``BATCH_FIELDS``: ``labels`` (int64 [B], -1 where a sample has none: SupCon) and
+  ``indices`` (int64 [B], the samples' global positions in the dataset: memory banks). The
+  trainer's loader yields them for every method that declares them; nobody special-cases
+  a method.
 Every ``__init__`` along the chain is wrapped (``__init_subclass__``) to record its arguments, so
 ``hyperparameters()`` holds every value used, defaults included, without the subclass doing
 anything.
@@ -46,6 +54,8 @@ from selfsup.methods.arguments import json_safe, refuse_markers, refuse_renamed
 from selfsup.registry import Registry, keyword_parameters
 from selfsup.views.recipes import make_views, recipe_function
 
+# per-sample fields a method may ask for (``Method.batch_fields``); the loader yields exactly these
+BATCH_FIELDS = ("labels", "indices")
 METHODS: Registry[Method] = Registry("method")  # type: ignore[name-defined]  # noqa: F821
 _ARGUMENTS = "_constructor_arguments"  # instance-dict key while the constructor chain runs
 _EXPLICIT = "_explicit_arguments"  # names the caller passed (in the record; never a hyper-param)
@@ -62,6 +72,11 @@ def register(name: str) -> Callable[[type], type]:
         if recipe is None:
             raise ValueError(f"method '{name}' must name its view_recipe (in VIEW_RECIPES)")
         recipe_function(recipe)  # an unknown recipe fails here, listing the known ones
+        unknown = sorted(set(getattr(cls, "batch_fields", ())) - set(BATCH_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"method '{name}': unknown batch_fields {unknown} (known: {BATCH_FIELDS})"
+            )
         cls.method_name = name
         METHODS.register(name)(cls)
         return cls
@@ -127,6 +142,7 @@ class Method(nn.Module):
     method_name: ClassVar[str] = "method"
     view_recipe: ClassVar[str]  # set by every registered method
     encoder_head: ClassVar[str] = "projector"
+    batch_fields: ClassVar[tuple[str, ...]] = ()  # per-sample fields training_loss takes
     # old keyword -> (new keyword, what it is), refused with a message naming the new one
     renamed_arguments: ClassVar[dict[str, tuple[str, str]]] = {}
 
@@ -166,6 +182,7 @@ class Method(nn.Module):
             **backbone_kwargs,
         )
         self.feature_dim = self.backbone.feature_dim
+        self.current_epoch = 0  # set by on_train_epoch_start
 
     def head_sizes(self, **widths: int) -> dict[str, int]:
         """The head ``widths`` to build (name -> the constructor's value). Those the caller did
@@ -229,15 +246,42 @@ class Method(nn.Module):
         return {}
 
     # -- training ------------------------------------------------------------------------------
-    def forward(self, images: Tensor) -> Tensor:
-        """Default views on a raw batch, then the loss: ``loss = method(images)``."""
-        return self.training_loss(self.views(images)).loss
+    def forward(self, images: Tensor, **fields: Tensor) -> Tensor:
+        """Default views on a raw batch, then the loss: ``loss = method(images)``; a method
+        with ``batch_fields`` also takes them: ``loss = supcon(images, labels=labels)``."""
+        return self.training_loss(self.views(images), **self.select_fields(fields)).loss
+
+    def select_fields(self, fields: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
+        """The entries of ``fields`` this method declares in ``batch_fields`` (those given).
+        A field the method does not take is refused by name, so it is never silently ignored."""
+        unknown = sorted(set(fields) - set(self.batch_fields))
+        if unknown:
+            takes = ", ".join(self.batch_fields) or "no per-sample fields"
+            raise ValueError(f"{self.method_name} takes {takes}; got {', '.join(unknown)}")
+        return {k: v for k, v in fields.items() if v is not None}
 
     def training_loss(self, views: list[Tensor]) -> LossOutput:
+        """The loss of one batch of ``views`` (plus the ``batch_fields`` as keywords)."""
         raise NotImplementedError
 
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called at the start of every training epoch (0-based; again after a resume)."""
+        self.current_epoch = int(epoch)
+
+    def before_optimizer_step(self) -> None:
+        """Called after backward (gradients unscaled), before the optimizer step: the place
+        to edit gradients, e.g. SwAV's prototypes frozen in the first epoch (grad = None)."""
+
     def on_train_step_end(self, progress: float) -> None:
-        """Called after each optimizer step with ``progress`` = step / total steps in [0, 1]."""
+        """Called after each optimizer step with ``progress`` = step / total steps in [0, 1].
+        Sets the schedules (``set_progress``); subclasses add what follows a step (EMA)."""
+        self.set_progress(progress)
+
+    def set_progress(self, progress: float) -> None:
+        """Set the values scheduled over training (EMA rate, temperatures) for ``progress``.
+        The trainer also calls it when training starts, so a resumed run continues with the
+        values of its step, not those of step 0. Holds no state of its own: override it for
+        every value a method schedules."""
 
     # -- features ------------------------------------------------------------------------------
     @property

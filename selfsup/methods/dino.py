@@ -108,8 +108,8 @@ class DINO(MomentumMethod):
             self.final_teacher_temp - self.warmup_teacher_temp
         )
 
-    def on_train_step_end(self, progress: float) -> None:
-        super().on_train_step_end(progress)
+    def set_progress(self, progress: float) -> None:
+        super().set_progress(progress)
         self.teacher_temp = self.teacher_temp_at(progress)
 
     def training_loss(self, views: list[Tensor]) -> LossOutput:

@@ -47,8 +47,11 @@ class MomentumMethod(Method):
     def momentum_at(self, progress: float) -> float:
         return cosine_schedule(progress, self.base_momentum, self.final_momentum)
 
-    def on_train_step_end(self, progress: float) -> None:
-        super().on_train_step_end(progress)
+    def set_progress(self, progress: float) -> None:
+        super().set_progress(progress)
         self.momentum = self.momentum_at(progress)
+
+    def on_train_step_end(self, progress: float) -> None:
+        super().on_train_step_end(progress)  # sets self.momentum for this progress
         for target_name, online_name in self._momentum_pairs:
             ema_update(getattr(self, target_name), getattr(self, online_name), self.momentum)

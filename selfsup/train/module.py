@@ -23,8 +23,10 @@ class PretrainModule(L.LightningModule):
     """Trains ``method`` with the trainer never special-casing a method.
 
     One step: ``views = method.views(batch)`` (outside autocast, on the device) ->
-    ``method.training_loss(views)`` -> NaN/Inf guard -> optimizer step ->
-    ``method.on_train_step_end(progress)``.
+    ``method.training_loss(views, **fields)`` (the ``batch_fields`` the method declared, which
+    the loader yields beside the images) -> NaN/Inf guard -> backward ->
+    ``method.before_optimizer_step()`` -> optimizer step -> ``method.on_train_step_end(progress)``;
+    ``method.on_train_epoch_start(epoch)`` at every epoch start.
     """
 
     def __init__(
@@ -57,8 +59,12 @@ class PretrainModule(L.LightningModule):
         # enough to rebuild the method from a checkpoint alone
         self.save_hyperparameters({"build_config": build_config or {}})
 
-    def _images(self, batch: Any) -> Tensor:
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
+    def _images_and_fields(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """(images, the method's per-sample fields) of a loader batch."""
+        if isinstance(batch, (tuple, list)):
+            fields = batch[1] if len(batch) > 1 and isinstance(batch[1], dict) else {}
+            return batch[0], fields
+        return batch, {}
 
     # --- wall-clock budget ----------------------------------------------------------------------
 
@@ -70,6 +76,9 @@ class PretrainModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._clock_start = time.monotonic()
+        # a resumed run continues its schedules (EMA rate, temperatures) where it stopped
+        self._update_time_progress()
+        self.method.set_progress(self.progress())
 
     def _update_time_progress(self) -> None:
         """elapsed / budget, taken from process 0 so every process follows the same schedule
@@ -95,13 +104,13 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         # before the optimizer step, so the LR scheduler (stepped right after it) sees it
         self._update_time_progress()
-        images = self._images(batch)
+        images, fields = self._images_and_fields(batch)
         # Views are data preparation: keep them out of autocast so geometric ops stay exact.
         with torch.autocast(device_type=images.device.type, enabled=False), views_threads(images):
             views = self.method.views(images)
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        out = self.method.training_loss(views)
+        out = self.method.training_loss(views, **self.method.select_fields(fields))
         loss = out.loss
         if not torch.isfinite(loss.detach()).item():
             raise NonFiniteLossError(
@@ -115,6 +124,12 @@ class PretrainModule(L.LightningModule):
             self.log(f"train/{key}", value, batch_size=batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.method.on_train_epoch_start(self.current_epoch)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.method.before_optimizer_step()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.method.on_train_step_end(self.progress())

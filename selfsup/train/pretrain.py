@@ -234,7 +234,12 @@ def _train(
         })  # fmt: skip
     summary = _starting_summary(cfg, run_dir, resume_ckpt, method, train, bank, queries,
                                 knn_precision)  # fmt: skip
-    datamodule = BatchDataModule(train, cfg.batch_size, cfg.seed, cfg.num_workers)
+    if "labels" in method.batch_fields and getattr(train, "labels", None) is None:
+        log.warning("%s learns from labels, but '%s' has none: each sample is its own class",
+                    cfg.method, cfg.data)  # fmt: skip
+    datamodule = BatchDataModule(
+        train, cfg.batch_size, cfg.seed, cfg.num_workers, fields=method.batch_fields
+    )
     with metrics_parts(run_dir, resumed=resume_ckpt is not None):
         _fit(trainer, module, datamodule, run_dir, resume_ckpt, heap)
     if trainer.is_global_zero:

@@ -25,7 +25,14 @@ log = logging.getLogger("selfsup.train")
 class BatchDataModule(L.LightningDataModule):
     """Hands Lightning a loader of whole uint8 batches, sharded by the trainer's rank."""
 
-    def __init__(self, dataset: Any, batch_size: int, seed: int, num_workers: int) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        seed: int,
+        num_workers: int,
+        fields: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.dataset, self.batch_size, self.seed, self.num_workers = (
             dataset,
@@ -33,6 +40,7 @@ class BatchDataModule(L.LightningDataModule):
             seed,
             num_workers,
         )
+        self.fields = fields  # the method's batch_fields: (images, {name: [b]}) batches
 
     def train_dataloader(self) -> Any:
         from selfsup.data import make_dataloader
@@ -48,6 +56,7 @@ class BatchDataModule(L.LightningDataModule):
             rank=self.trainer.global_rank,
             world_size=self.trainer.world_size,
             num_workers=self.num_workers,
+            fields=self.fields,
             pin_memory=pin_memory_for(self.trainer.strategy.root_device),
         )
 

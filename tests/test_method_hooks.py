@@ -1,0 +1,121 @@
+"""The method API's per-sample fields and training hooks, driven by the real trainer path:
+``batch_fields`` reach ``training_loss``, ``on_train_epoch_start`` and ``before_optimizer_step``
+are called where their docstrings say, and nothing reaches a method that did not ask."""
+
+import lightning as L
+import pytest
+import torch
+
+from selfsup.data import ImageDataset
+from selfsup.data.loader import BatchLoader
+from selfsup.methods import SimCLR
+from selfsup.methods.base import register
+from selfsup.train.module import PretrainModule
+from selfsup.train.trainer import BatchDataModule
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+N, SIZE, BATCH = 24, 16, 8
+
+
+def dataset(labelled: bool) -> ImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (N, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    return ImageDataset(images, torch.arange(N) % 3 if labelled else None)
+
+
+class RecordingSimCLR(SimCLR):
+    """SimCLR that records what the trainer hands it (not registered: a test double)."""
+
+    batch_fields = ("labels", "indices")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[dict] = []
+        self.epochs: list[int] = []
+        self.grads_before_step: list[bool] = []
+
+    def training_loss(self, views, labels=None, indices=None):
+        self.seen.append({"labels": labels.clone(), "indices": indices.clone(), "views": views})
+        return super().training_loss(views)
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        super().on_train_epoch_start(epoch)
+        self.epochs.append(epoch)
+
+    def before_optimizer_step(self) -> None:
+        grad = self.projector[0].weight.grad
+        self.grads_before_step.append(grad is not None and bool(grad.abs().sum() > 0))
+
+
+def small(cls=RecordingSimCLR):
+    return cls(
+        "convnet_tiny",
+        image_size=SIZE,
+        backbone_kwargs={"width": 4},
+        proj_hidden_dim=16,
+        proj_dim=8,
+    )
+
+
+def fit(method, data, epochs: int = 2) -> None:
+    module = PretrainModule(method, lr=0.01, total_steps=epochs * (N // BATCH))
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    datamodule = BatchDataModule(data, BATCH, seed=0, num_workers=0, fields=method.batch_fields)
+    trainer.fit(module, datamodule=datamodule)
+
+
+def test_trainer_hands_declared_fields_and_calls_hooks():
+    data = dataset(labelled=True)
+    method = small()
+    fit(method, data, epochs=2)
+    assert len(method.seen) == 2 * N // BATCH
+    assert method.epochs == [0, 1] and method.current_epoch == 1
+    assert method.grads_before_step == [True] * len(method.seen)
+    epoch_indices = torch.cat([s["indices"] for s in method.seen[: N // BATCH]])
+    assert sorted(epoch_indices.tolist()) == list(range(N))  # each sample once per epoch
+    for record in method.seen:
+        assert record["labels"].dtype == torch.int64
+        assert torch.equal(record["labels"], data.labels[record["indices"]])
+
+
+def test_unlabelled_data_gives_minus_one_labels():
+    loader = BatchLoader(dataset(labelled=False), BATCH, fields=("labels", "indices"))
+    images, fields = next(iter(loader))
+    assert torch.equal(fields["labels"], torch.full((BATCH,), -1))
+    assert torch.equal(images, dataset(labelled=False).images[fields["indices"]])
+
+
+def test_methods_without_fields_get_plain_batches():
+    loader = BatchLoader(dataset(labelled=True), BATCH, fields=SimCLR.batch_fields)
+    assert isinstance(next(iter(loader)), torch.Tensor)
+
+
+def test_fields_reach_a_method_called_directly_and_unknown_ones_are_refused():
+    method = small()
+    images = dataset(labelled=True).images[:BATCH]
+    labels, indices = torch.arange(BATCH), torch.arange(BATCH) + 100
+    loss = method(images, labels=labels, indices=indices)
+    assert torch.isfinite(loss)
+    assert torch.equal(method.seen[-1]["indices"], indices)
+    with pytest.raises(ValueError, match="simclr takes no per-sample fields; got labels"):
+        small(SimCLR)(images, labels=labels)
+
+
+def test_unknown_fields_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"unknown sample fields \['label'\]"):
+        BatchLoader(dataset(labelled=True), BATCH, fields=("label",))
+
+    class Wrong(SimCLR):
+        batch_fields = ("captions",)
+
+    with pytest.raises(ValueError, match=r"unknown batch_fields \['captions'\]"):
+        register("wrong_fields")(Wrong)
