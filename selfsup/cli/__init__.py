@@ -77,6 +77,12 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "💡 Tip" not in record.getMessage()
     )
+    # Lightning's handlers keep the stderr of the first import; a later ``main`` in the same
+    # process (a notebook, a test) may have closed or replaced it: write to the current one
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stderr  # not setStream: it flushes the old, maybe closed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,9 +63,11 @@ def resumed_config(cfg: PretrainConfig, explicit: set[str]) -> tuple[PretrainCon
                 f"resume: the run's {key} '{spec}' (from {run_dir / 'config.yaml'}) no longer "
                 f"exists; if it moved, give its new place with {option}"
             )
+    # the checkpoint resumed from, and best.ckpt (read at the end to export the best epoch):
+    # an unsafe or damaged one is refused now, before the trainer starts or prints anything
     best = run_dir / "checkpoints" / "best.ckpt"
-    if best.is_file():  # read at the end to export the best epoch: refuse it before training
-        load_checkpoint_file(best, trust=resumed.trust_checkpoint)
+    for checkpoint in (ckpt, best) if best.is_file() and best != ckpt else (ckpt,):
+        load_checkpoint_file(checkpoint, trust=resumed.trust_checkpoint)
     return resumed, run_dir, ckpt
 
 
