@@ -1,30 +1,40 @@
-"""End-to-end SimCLR throughput: selfsup's default path beside lightly's documented recipe.
+"""End-to-end throughput per method: selfsup's default path beside lightly 1.6's recipe.
 
-    python benchmarks/throughput.py [--cases resnet18 tiny] [--runs 3] [--steps N]
-                                    [--warmup N] [--device cpu|cuda] [--lightly-workers 2]
+    python benchmarks/throughput.py [--methods simclr mocov2 byol ... | all] [--cases resnet18 tiny]
+                                    [--runs 3] [--steps N] [--warmup N] [--device cpu|cuda]
+                                    [--lightly-workers 2] [--recipes selfsup lightly-fp32 ...]
 
-Installs nothing. When ``lightly`` is importable (``pip install -r requirements-bench.txt``)
-each case runs up to three recipes, interleaved (A, B, C, A, B, C, ...), on the same
-generated images (random 32x32 RGB uint8) with the same backbone module:
+Installs nothing. ``--methods`` (default: simclr, the benchmark of earlier sessions; ``all``:
+every method of ``lightly_recipes.PAIRINGS`` that selfsup registers, the others skipped with a
+note) picks the methods that lightly 1.6 also implements. When
+``lightly`` is importable (``pip install -r requirements-bench.txt``) each case and method runs
+up to three recipes, interleaved (A, B, C, A, B, C, ...), on the same generated images (random
+32x32 RGB uint8) with the same backbone module and the same head widths:
 
-- ``selfsup``: ``selfsup.build("simclr")`` trained by the same ``PretrainModule`` + Lightning
-  ``Trainer`` as ``selfsup pretrain``, with its defaults: uint8 batches gathered by index,
-  batched per-sample views on the device, precision "auto" (bf16-mixed where the hardware
-  computes bf16), channels_last for conv nets, one backbone pass for both views, and on CPU
-  glibc's large blocks kept for reuse between steps (``selfsup.runtime.allocator``).
-- ``lightly fp32``: lightly's documented SimCLR example: ``SimCLRTransform`` per PIL image in
-  ``DataLoader`` workers, ``SimCLRProjectionHead``, ``NTXentLoss``, SGD, fp32, one backbone
-  pass per view. Augmentation as selfsup's CIFAR recipe: ``cj_strength=0.5`` (jitter 0.4,
-  0.4, 0.4, 0.1, what lightly recommends for CIFAR) and no blur at 32 px.
+- ``selfsup``: ``selfsup.build(method)`` trained by the same ``PretrainModule`` + Lightning
+  ``Trainer`` as ``selfsup pretrain``, with the method's defaults and its own views: uint8
+  batches gathered by index, batched per-sample views on the device, precision "auto"
+  (bf16-mixed where the hardware computes bf16), channels_last for conv nets, one backbone
+  pass per view size, and on CPU glibc's large blocks kept for reuse between steps
+  (``selfsup.runtime.allocator``).
+- ``lightly fp32``: lightly's documented recipe for the method (``lightly_recipes.py``): its
+  transform per PIL image in ``DataLoader`` workers (set to selfsup's augmentations for the
+  method; multi-crop for DINO and SwAV), its heads and loss, SGD, fp32, one backbone pass per
+  view.
 - ``lightly bf16``: the same with bf16 autocast added by hand around forward and loss; by
   default only where the device computes bf16 natively (elsewhere autocast emulates it).
 
-Both use the backbone's width for the projection head's hidden layer and 128 outputs.
-Each recipe lives in its own worker process (started once per case, then told to run), so
-peak memory is per recipe. Printed per recipe: images/s end to end (data + augmentation +
-step; median and min-max of the runs), the ratio to lightly, peak memory, and for selfsup
-its step time divided by the bare backbone forward + backward on the same views and
-precision. Without lightly only the selfsup rows are printed.
+Head widths (both sides): lightly's examples' widths for a ResNet-18, scaled with the
+backbone's feature size d (SimCLR 512 -> 512 -> 128 becomes d -> d -> 128; the table is
+``lightly_recipes.PAIRINGS``); queues and memory banks hold 4096 entries. Each recipe lives in
+its own worker process (started once per case and method, then told to run), so peak memory is
+per recipe. Printed per recipe: images/s end to end (data + augmentation + step; median and
+min-max of the runs), the ratio to lightly, peak memory, and for selfsup its step time divided
+by the bare backbone passes of one step on the same views and precision: forward + backward of
+the backbone on the views it trains on, plus the forward of a momentum copy (BYOL's target,
+MoCo's key encoder, DINO's teacher) where the method has one. What is left over is heads, loss,
+queues, Sinkhorn, nearest neighbours, EMA updates and the optimizer. Without lightly only the
+selfsup rows are printed.
 """
 
 from __future__ import annotations
@@ -39,15 +49,23 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+# benchmarks/ is not a package: its folder is put on sys.path above
+from lightly_recipes import PAIRINGS, Pairing  # noqa: E402, F401  (Pairing: for callers)
+
 RESULT = "@@result "
 BATCH = 256
 SIZE = 32
 SEED = 0
+LR = 0.06  # selfsup's default and lightly's examples'
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class Case:
     warmup: int
     steps: int
     bare_repeats: int
+    backbone_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 CASES = {
@@ -150,11 +169,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def generated_images(n: int) -> Any:
-    """``n`` random RGB images, uint8 [n, 32, 32, 3] (the same for every recipe)."""
+def generated_images(n: int, size: int = SIZE) -> Any:
+    """``n`` random RGB images, uint8 [n, size, size, 3] (the same for every recipe)."""
     import numpy as np
 
-    return np.random.default_rng(SEED).integers(0, 256, size=(n, SIZE, SIZE, 3), dtype=np.uint8)
+    return np.random.default_rng(SEED).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
 
 
 def _backbone(case: Case) -> Any:
@@ -163,47 +182,73 @@ def _backbone(case: Case) -> Any:
     from selfsup.backbones import build_backbone
 
     torch.manual_seed(SEED)
-    return build_backbone(case.backbone, 3)
+    return build_backbone(case.backbone, 3, **case.backbone_kwargs)
 
 
-def _rate(times: list[float], warmup: int, steps: int) -> tuple[float, float]:
+def _rate(times: list[float], warmup: int, steps: int, batch: int) -> tuple[float, float]:
     """(images/s, seconds per step) over the timed steps, from step-end timestamps."""
     elapsed = times[warmup + steps - 1] - times[warmup - 1]
-    return steps * BATCH / elapsed, elapsed / steps
+    return steps * batch / elapsed, elapsed / steps
+
+
+def head_parameters(model: Any) -> int:
+    """Trained parameters outside the backbone (heads, predictors, prototypes)."""
+    return sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if p.requires_grad and not name.startswith("backbone.")
+    )
 
 
 # --- selfsup --------------------------------------------------------------------------------------
 
 
-def run_selfsup(case: Case, warmup: int, steps: int, device: str) -> dict[str, Any]:
-    """One run of selfsup's trainer path; also times the bare backbone on the same views."""
+def build_selfsup(method: str, backbone: Any, size: int) -> Any:
+    """selfsup's ``method`` with its defaults and the head widths of ``PAIRINGS``."""
+    import selfsup
+
+    sizes = PAIRINGS[method].sizes(backbone.feature_dim)
+    return selfsup.build(method, backbone=backbone, in_channels=3, image_size=size, **sizes)
+
+
+def selfsup_views(method: str, size: int) -> Any:
+    """The views selfsup's ``method`` makes by default (its ``ViewRecipe``), for lightly's
+    transform to copy; built on a 1-channel-wide net, so it costs next to no memory."""
+    from selfsup.backbones import build_backbone
+
+    return build_selfsup(method, build_backbone("convnet_tiny", 3, width=1), size).views
+
+
+def run_selfsup(
+    case: Case,
+    method_name: str,
+    warmup: int,
+    steps: int,
+    device: str,
+    *,
+    batch: int = BATCH,
+    size: int = SIZE,
+    bare_repeats: int | None = None,
+) -> dict[str, Any]:
+    """One run of selfsup's trainer path; also times the bare backbone passes of a step."""
     import lightning as L
     import torch
 
-    import selfsup
     from selfsup.data import ImageDataset, make_dataloader
     from selfsup.data.loader import pin_memory_for
     from selfsup.runtime.allocator import heap_allocations
     from selfsup.runtime.precision import resolve_channels_last, resolve_precision
     from selfsup.train.module import PretrainModule
 
-    images = generated_images((warmup + steps + 1) * BATCH)
+    images = generated_images((warmup + steps + 1) * batch, size)
     dataset = ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-    backbone = _backbone(case)
-    method = selfsup.build(
-        "simclr",
-        backbone=backbone,
-        in_channels=3,
-        image_size=SIZE,
-        proj_hidden_dim=backbone.feature_dim,
-        proj_dim=128,
-    )
+    method = build_selfsup(method_name, _backbone(case), size)
     precision = resolve_precision("auto", device)
     channels_last = resolve_channels_last(None, case.backbone, precision, device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     module = PretrainModule(
-        method, total_steps=warmup + steps, channels_last=channels_last, warmup_steps=0
+        method, lr=LR, total_steps=warmup + steps, channels_last=channels_last, warmup_steps=0
     )
     clock = StepClock(device)
     trainer = L.Trainer(
@@ -219,24 +264,33 @@ def run_selfsup(case: Case, warmup: int, steps: int, device: str) -> dict[str, A
         num_sanity_val_steps=0,
         callbacks=[clock.callback()],
     )
-    loader = make_dataloader(dataset, BATCH, seed=SEED, pin_memory=pin_memory_for(device))
+    fields = getattr(method, "batch_fields", ())
+    loader = make_dataloader(
+        dataset, batch, seed=SEED, pin_memory=pin_memory_for(device), fields=fields
+    )
     _reset_cuda_peak(device)
     # as `selfsup pretrain` does on CPU; the bare backbone is timed under the same allocator
     with heap_allocations(device == "cpu") as heap:
         trainer.fit(module, train_dataloaders=loader)
-        rate, step_s = _rate(clock.times, warmup, steps)
+        rate, step_s = _rate(clock.times, warmup, steps, batch)
         result = {"images_per_s": rate, "step_s": step_s, **_peak_memory(device, 0.0)}
-        bare = bare_backbone_step(
-            method, dataset.images[:BATCH], precision, channels_last, case.bare_repeats
+        bare, passes = bare_backbone_step(
+            method,
+            dataset.images[:batch],
+            precision,
+            channels_last,
+            bare_repeats or case.bare_repeats,
         )
-    views_s = views_time(method, dataset.images[:BATCH], device)
     result.update(
         bare_s=bare,
-        views_s=views_s,
+        bare_passes=passes,
+        views_s=views_time(method, dataset.images[:batch], device),
         step_over_bare=step_s / bare,
         precision=precision,
         channels_last=channels_last,
         heap_allocations=heap,
+        loss=float(trainer.callback_metrics["train/loss"]),
+        head_parameters=head_parameters(method),
     )
     return result
 
@@ -261,35 +315,96 @@ class StepClock:
         return _Clock()
 
 
+def sample_fields(method: Any, batch: int) -> dict[str, Any]:
+    """The per-sample fields the method declares, as the loader would give them for the
+    first ``batch`` samples of an unlabelled dataset."""
+    import torch
+
+    made = {
+        "indices": torch.arange(batch, dtype=torch.int64),
+        "labels": torch.full((batch,), -1, dtype=torch.int64),
+    }
+    return {name: made[name] for name in getattr(method, "batch_fields", ())}
+
+
+def backbone_calls(method: Any, views: list[Any], bf16: bool) -> list[tuple[Any, Any, bool]]:
+    """The backbone calls of one ``training_loss`` on ``views``: (module, its input, whether
+    it ran with grad), for the backbone and every copy of it (momentum target, key encoder,
+    teacher), recorded by forward pre-hooks."""
+    import torch
+
+    calls: list[tuple[Any, Any, bool]] = []
+
+    def record(module: Any, args: tuple[Any, ...]) -> None:
+        calls.append((module, args[0].detach(), torch.is_grad_enabled()))
+
+    backbones = [m for m in method.modules() if isinstance(m, type(method.backbone))]
+    hooks = [m.register_forward_pre_hook(record) for m in backbones]
+    device = views[0].device
+    fields = {k: v.to(device) for k, v in sample_fields(method, views[0].shape[0]).items()}
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            method.training_loss(views, **fields)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def bare_passes(calls: list[tuple[Any, Any, bool]]) -> list[tuple[Any, Any, bool]]:
+    """``calls`` merged into one pass per (module, grad, input size): the fewest passes over
+    the same rows. A method that splits a batch (ShuffleBN's sub-batches) pays for the split
+    in its step / bare ratio."""
+    import torch
+
+    groups: dict[tuple[int, bool, tuple[int, ...]], tuple[Any, bool, list[Any]]] = {}
+    for module, x, grad in calls:
+        key = (id(module), grad, tuple(x.shape[1:]))
+        groups.setdefault(key, (module, grad, []))[2].append(x)
+    return [(module, torch.cat(xs), grad) for module, grad, xs in groups.values()]
+
+
 def bare_backbone_step(
     method: Any, batch: Any, precision: str, channels_last: bool, repeats: int
-) -> float:
-    """Median seconds of backbone forward + backward on one batch's views, concatenated as
-    the method sees them, at the same precision and memory format (no heads, no loss).
-    The backbone is warm (the training run just used the same shapes)."""
+) -> tuple[float, str]:
+    """(median seconds, what was run) of the backbone passes one step of the method needs,
+    on one batch's views at the same precision and memory format: forward + backward over
+    every row the backbone trains on, forward alone for its momentum copies, one pass per
+    module and view size; no heads, no loss. The backbone is warm (the training run just used
+    the same shapes)."""
     import torch
 
     device = next(method.parameters()).device
     views = method.views(batch.to(device))
-    x = torch.cat(views)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    backbone = method.backbone.train()
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     bf16 = precision == "bf16-mixed"
+    method.train()
+    passes = bare_passes(backbone_calls(method, views, bf16))
+    if channels_last:
+        passes = [(m, x.contiguous(memory_format=torch.channels_last), g) for m, x, g in passes]
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
+        outputs = []
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = backbone(x)
-        out.float().mean().backward()
-        backbone.zero_grad(set_to_none=True)
+            for module, x, grad in passes:
+                with torch.set_grad_enabled(grad):
+                    out = module(x)
+                if grad:
+                    outputs.append(out.float().mean())
+        sum(outputs).backward()
+        method.zero_grad(set_to_none=True)
         _sync(device.type)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    described = ", ".join(
+        f"{'fwd+bwd' if grad else 'fwd'} {x.shape[0]}x{x.shape[-1]}px" for _, x, grad in passes
+    )
+    return statistics.median(times), described
 
 
 def views_time(method: Any, batch: Any, device: str, repeats: int = 5) -> float:
-    """Median seconds for ``method.views`` on one uint8 batch (both views), with the
+    """Median seconds for ``method.views`` on one uint8 batch (all views), with the
     trainer's thread choice."""
     from selfsup.runtime.precision import views_threads
 
@@ -307,42 +422,44 @@ def views_time(method: Any, batch: Any, device: str, repeats: int = 5) -> float:
 # --- lightly --------------------------------------------------------------------------------------
 
 
-def run_lightly(case: Case, warmup: int, steps: int, device: str, bf16: bool, workers: int):
-    """One run of lightly's documented SimCLR loop (per-image PIL transform in workers)."""
+def run_lightly(
+    case: Case,
+    method_name: str,
+    warmup: int,
+    steps: int,
+    device: str,
+    bf16: bool,
+    workers: int,
+    *,
+    batch: int = BATCH,
+    size: int = SIZE,
+) -> dict[str, Any]:
+    """One run of lightly's documented loop for the method (per-image PIL transform in
+    workers, ``lightly_recipes``), SGD, fp32 unless ``bf16`` adds autocast."""
     import torch
-    from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
-    from lightly.transforms import SimCLRTransform
-    from torch import nn
     from torch.utils.data import DataLoader
 
-    class LightlySimCLR(nn.Module):
-        def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
-            super().__init__()
-            self.backbone = backbone
-            self.projection_head = SimCLRProjectionHead(feature_dim, feature_dim, 128)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.projection_head(self.backbone(x).flatten(start_dim=1))
-
-    transform = SimCLRTransform(input_size=SIZE, cj_strength=0.5, gaussian_blur=0.0)
-    dataset = PILImages(generated_images((warmup + steps + 1) * BATCH), transform)
-    loader = DataLoader(
-        dataset, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers
-    )
+    pairing = PAIRINGS[method_name]
     backbone = _backbone(case)
-    model = LightlySimCLR(backbone, backbone.feature_dim).to(device)
-    criterion = NTXentLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.06)
+    recipe = pairing.lightly(
+        backbone,
+        pairing.sizes(backbone.feature_dim),
+        selfsup_views(method_name, size),
+        warmup + steps,
+    )
+    dataset = PILImages(generated_images((warmup + steps + 1) * batch, size), recipe.transform)
+    loader = DataLoader(
+        dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers
+    )
+    model = recipe.model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     times: list[float] = []
     _reset_cuda_peak(device)
     with WorkerMemory() as memory:
-        for step, ((x0, x1), _) in enumerate(loader):
-            x0, x1 = x0.to(device), x1.to(device)
+        for step, (views, _) in enumerate(loader):
+            views = [v.to(device) for v in views]
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                z0 = model(x0)
-                z1 = model(x1)
-                loss = criterion(z0, z1)
+                loss = recipe.loss(views, step)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -351,8 +468,15 @@ def run_lightly(case: Case, warmup: int, steps: int, device: str, bf16: bool, wo
             if step + 1 == warmup + steps:
                 break
         del loader  # shuts the workers down
-    rate, step_s = _rate(times, warmup, steps)
-    return {"images_per_s": rate, "step_s": step_s, **_peak_memory(device, memory.peak)}
+    rate, step_s = _rate(times, warmup, steps, batch)
+    return {
+        "images_per_s": rate,
+        "step_s": step_s,
+        **_peak_memory(device, memory.peak),
+        "loss": float(loss.detach()),
+        "head_parameters": head_parameters(model),
+        "notes": recipe.notes,
+    }
 
 
 class PILImages:
@@ -375,11 +499,9 @@ class PILImages:
 # --- worker process -------------------------------------------------------------------------------
 
 
-def serve(case_name: str, recipe: str, args: argparse.Namespace) -> None:
+def serve(case_name: str, method: str, recipe: str, args: argparse.Namespace) -> None:
     """Worker loop: import once, then one run per "run" line on stdin, a result line each."""
     import torch
-
-    sys.path.insert(0, str(HERE))
     from machine import machine_line
 
     torch.manual_seed(SEED)
@@ -390,10 +512,12 @@ def serve(case_name: str, recipe: str, args: argparse.Namespace) -> None:
         if line.strip() != "run":
             break
         if recipe == "selfsup":
-            result = run_selfsup(case, warmup, steps, args.device)
+            result = run_selfsup(case, method, warmup, steps, args.device)
         else:
             bf16 = recipe == "lightly-bf16"
-            result = run_lightly(case, warmup, steps, args.device, bf16, args.lightly_workers)
+            result = run_lightly(
+                case, method, warmup, steps, args.device, bf16, args.lightly_workers
+            )
         print(RESULT + json.dumps(result), flush=True)
 
 
@@ -403,10 +527,18 @@ def serve(case_name: str, recipe: str, args: argparse.Namespace) -> None:
 class Worker:
     """A recipe's worker process; its stderr goes to a log file shown when it fails."""
 
-    def __init__(self, case_name: str, recipe: str, args: argparse.Namespace) -> None:
-        self.name = f"{case_name}/{recipe}"
+    def __init__(self, case_name: str, method: str, recipe: str, args: argparse.Namespace):
+        self.name = f"{case_name}/{method}/{recipe}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="throughput-", suffix=".log")
-        command = [sys.executable, __file__, "--serve", case_name, recipe, *_passed_options(args)]
+        command = [
+            sys.executable,
+            __file__,
+            "--serve",
+            case_name,
+            method,
+            recipe,
+            *_passed_options(args),
+        ]
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -447,17 +579,21 @@ def _passed_options(args: argparse.Namespace) -> list[str]:
     return options
 
 
-def measure_case(case_name: str, recipes: list[str], args: argparse.Namespace):
-    """Runs every recipe ``args.runs`` times, interleaved; returns results and the machine."""
-    workers = [Worker(case_name, recipe, args) for recipe in recipes]
-    results: dict[str, list[dict[str, Any]]] = {recipe: [] for recipe in recipes}
+Results = dict[str, list[dict[str, Any]]]  # recipe -> one result per run
+
+
+def measure(case_name: str, method: str, recipes: list[str], args: argparse.Namespace):
+    """Runs every recipe of one case and method ``args.runs`` times, interleaved; returns the
+    results and the machine. Only this method's workers are alive meanwhile."""
+    workers = [Worker(case_name, method, recipe, args) for recipe in recipes]
+    results: Results = {recipe: [] for recipe in recipes}
     try:
         for run in range(args.runs):
             for recipe, worker in zip(recipes, workers, strict=True):
                 result = worker.run()
                 results[recipe].append(result)
                 print(
-                    f"  {case_name} run {run + 1}/{args.runs} {recipe}: "
+                    f"  {case_name} {method} run {run + 1}/{args.runs} {recipe}: "
                     f"{result['images_per_s']:.1f} img/s",
                     file=sys.stderr,
                     flush=True,
@@ -475,8 +611,15 @@ def _spread(values: list[float], digits: int = 1) -> str:
     )
 
 
-def table_rows(case_name: str, results: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Markdown rows of one case: rates, selfsup's ratios to lightly, memory, step/bare."""
+TABLE_HEADER = (
+    "| case | method | recipe | images/s, median (min–max) | selfsup / lightly | "
+    "peak memory MiB | step / bare backbone passes |\n|---|---|---|---|---|---|---|"
+)
+
+
+def table_rows(case_name: str, method: str, results: Results) -> list[str]:
+    """Markdown rows of one case and method: rates, selfsup's ratios to lightly, memory,
+    step / bare."""
     label = CASES[case_name].label
     rate = {r: [x["images_per_s"] for x in runs] for r, runs in results.items()}
     median = {r: statistics.median(v) for r, v in rate.items()}
@@ -493,8 +636,8 @@ def table_rows(case_name: str, results: dict[str, list[dict[str, Any]]]) -> list
         if "step_over_bare" in runs[0]:
             bare = _spread([x["step_over_bare"] for x in runs], 2)
         rows.append(
-            f"| {label} | {_recipe_label(recipe, runs[0])} | {_spread(rate[recipe])} | "
-            f"{ratios or '–'} | {memory:.0f} | {bare} |"
+            f"| {label} | {method} | {_recipe_label(recipe, runs[0])} | {_spread(rate[recipe])} "
+            f"| {ratios or '–'} | {memory:.0f} | {bare} |"
         )
     return rows
 
@@ -510,35 +653,43 @@ def _recipe_label(recipe: str, result: dict[str, Any]) -> str:
     }[recipe]
 
 
-def detail_lines(case_name: str, results: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Per-run numbers behind the table: paired ratios, selfsup's views and bare step."""
+def detail_lines(case_name: str, method: str, results: Results) -> list[str]:
+    """Per-run numbers behind the table: paired ratios, selfsup's views and bare passes,
+    both sides' head sizes, how lightly's transform was chosen where its example's class
+    could not make selfsup's views."""
     lines: list[str] = []
-    if "selfsup" not in results:
-        return lines
-    ours = results["selfsup"]
-    views = statistics.median(x["views_s"] for x in ours) * 1000
-    bare = statistics.median(x["bare_s"] for x in ours) * 1000
-    step = statistics.median(x["step_s"] for x in ours) * 1000
-    lines.append(
-        f"{case_name}: selfsup step {step:.0f} ms end to end, bare backbone fwd+bwd "
-        f"{bare:.0f} ms, views (both) {views:.1f} ms"
-    )
+    name = f"{case_name} {method}"
+    if "selfsup" in results:
+        ours = results["selfsup"]
+        views = statistics.median(x["views_s"] for x in ours) * 1000
+        bare = statistics.median(x["bare_s"] for x in ours) * 1000
+        step = statistics.median(x["step_s"] for x in ours) * 1000
+        lines.append(
+            f"{name}: selfsup step {step:.0f} ms end to end, bare backbone passes {bare:.0f} ms "
+            f"({ours[0]['bare_passes']}), views (all) {views:.1f} ms"
+        )
+    heads = [f"{r} {runs[0]['head_parameters'] / 1e6:.3f} M" for r, runs in results.items()]
+    lines.append(f"{name}: trained head parameters: {', '.join(heads)}")
     for base in ("lightly-fp32", "lightly-bf16"):
-        if base in results:
+        if base not in results:
+            continue
+        if "selfsup" in results:
             paired = [
                 a["images_per_s"] / b["images_per_s"]
-                for a, b in zip(ours, results[base], strict=True)
+                for a, b in zip(results["selfsup"], results[base], strict=True)
             ]
             lines.append(
-                f"{case_name}: selfsup / {base} per interleaved round: "
+                f"{name}: selfsup / {base} per interleaved round: "
                 + ", ".join(f"{p:.2f}" for p in paired)
             )
-            workers = [x.get("workers_mib", 0.0) for x in results[base]]
-            if any(workers):
-                lines.append(
-                    f"{case_name}: {base} peak memory includes {max(workers):.0f} MiB of "
-                    "DataLoader workers (PSS)"
-                )
+        workers = [x.get("workers_mib", 0.0) for x in results[base]]
+        if any(workers):
+            lines.append(
+                f"{name}: {base} peak memory includes {max(workers):.0f} MiB of "
+                "DataLoader workers (PSS)"
+            )
+    notes = next((runs[0]["notes"] for r, runs in results.items() if r != "selfsup"), [])
+    lines += [f"{name}: lightly's transform: {note}" for note in notes]
     return lines
 
 
@@ -562,6 +713,29 @@ def choose_recipes(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return recipes, notes
 
 
+def choose_methods(requested: list[str] | None) -> tuple[list[str], list[str]]:
+    """(methods to run, notes to print): those of ``requested`` (default: every paired one)
+    that selfsup registers and that take the paired head widths by these names."""
+    from selfsup.methods import METHODS
+    from selfsup.registry import keyword_parameters
+
+    chosen, notes = [], []
+    for name in list(PAIRINGS) if not requested or "all" in requested else requested:
+        if name not in METHODS:
+            notes.append(f"{name}: skipped, not a registered selfsup method (yet)")
+            continue
+        parameters, _ = keyword_parameters(METHODS.get(name))
+        unknown = sorted(set(PAIRINGS[name].sizes(512)) - set(parameters))
+        if unknown:
+            notes.append(
+                f"{name}: skipped, selfsup's {name} takes no {', '.join(unknown)} (the head "
+                "widths of PAIRINGS in benchmarks/lightly_recipes.py)"
+            )
+            continue
+        chosen.append(name)
+    return chosen, notes
+
+
 def native_bf16(device: str) -> bool:
     import torch
 
@@ -573,6 +747,13 @@ def native_bf16(device: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[*PAIRINGS, "all"],
+        default=["simclr"],
+        help="'all': every method lightly 1.6 also implements that selfsup registers",
     )
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--runs", type=int, default=3, help="timed runs per recipe (>= 3)")
@@ -587,32 +768,34 @@ def main() -> None:
         default=None,
         help="default: all; lightly-bf16 only where the device computes bf16 natively",
     )
-    parser.add_argument("--serve", nargs=2, metavar=("CASE", "RECIPE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve", nargs=3, metavar=("CASE", "METHOD", "RECIPE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve[0], args.serve[1], args)
+        serve(*args.serve, args)
         return
 
+    methods, method_notes = choose_methods(args.methods)
     recipes, notes = choose_recipes(args)
-    print("\n".join(notes))
+    print("\n".join(method_notes + notes))
     started = time.strftime("%Y-%m-%d %H:%M")
     load_at_start = "/".join(f"{x:.1f}" for x in os.getloadavg())
     rows, details, machine = [], [], ""
     for case_name in args.cases:
-        results, machine = measure_case(case_name, recipes, args)
-        rows += table_rows(case_name, results)
-        details += detail_lines(case_name, results)
-    print(
-        "| case | recipe | images/s, median (min–max) | selfsup / lightly | peak memory MiB | "
-        "step / bare backbone fwd+bwd |\n|---|---|---|---|---|---|"
-    )
+        for method in methods:
+            results, machine = measure(case_name, method, recipes, args)
+            rows += table_rows(case_name, method, results)
+            details += detail_lines(case_name, method, results)
+    print(TABLE_HEADER)
     print("\n".join(rows))
     print()
     print("\n".join(details))
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"\nSimCLR, batch {BATCH}, {SIZE} px RGB, {args.runs} interleaved runs per recipe; "
-        f"{started}; load average at start {load_at_start}, at the end {load}; {machine}"
+        f"\n{', '.join(methods)}; batch {BATCH}, {SIZE} px RGB, {args.runs} interleaved runs "
+        f"per recipe; {started}; load average at start {load_at_start}, at the end {load}; "
+        f"{machine}"
     )
 
 

@@ -123,6 +123,25 @@ def load_method_from_checkpoint(
     return method
 
 
+def run_checkpoint(path: str | Path, checkpoint: str = "auto") -> Path:
+    """The checkpoint holding a run's whole method: ``path`` itself when it is a .ckpt, else the
+    run folder's ``checkpoints/<checkpoint>.ckpt``; ``checkpoint`` auto is best.ckpt when the run
+    kept one (the epoch its export holds), else last.ckpt. FileNotFoundError when there is none
+    (an export folder holds the backbone alone)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".ckpt":
+        return path
+    names = [f"{checkpoint}.ckpt"] if checkpoint in ("best", "last") else ["best.ckpt", "last.ckpt"]
+    for name in names:
+        if (path / "checkpoints" / name).is_file():
+            return path / "checkpoints" / name
+    raise FileNotFoundError(
+        f"'{path}' holds no checkpoints/{' or '.join(names)}: the method's heads are only in a "
+        "run's checkpoints (an export folder holds the backbone alone); pass the run folder or "
+        "its .ckpt"
+    )
+
+
 def load_trained(
     path: str | Path, checkpoint: str = "auto", *, trust_checkpoint: bool = False
 ) -> tuple[Any, Any, dict[str, Any]]:

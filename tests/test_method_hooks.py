@@ -119,3 +119,40 @@ def test_unknown_fields_are_refused_by_name():
 
     with pytest.raises(ValueError, match=r"unknown batch_fields \['captions'\]"):
         register("wrong_fields")(Wrong)
+
+
+def test_moco_with_shuffled_bn_asks_for_per_device_batchnorm():
+    from selfsup.methods import MoCoV2
+
+    kwargs = dict(image_size=SIZE, backbone_kwargs={"width": 4}, queue_size=16)
+    assert MoCoV2("convnet_tiny", **kwargs).sync_batchnorm is False
+    assert MoCoV2("convnet_tiny", shuffle_bn=False, **kwargs).sync_batchnorm is True
+    assert small(SimCLR).sync_batchnorm is True
+
+
+def test_queue_and_prototype_defaults_follow_the_training_data(caplog):
+    from selfsup.config import PretrainConfig
+    from selfsup.methods import SwAV
+    from selfsup.methods.queue import queue_size_for
+    from selfsup.train.pretrain import build_method
+
+    assert queue_size_for(65536, 1000, 256) == 768  # whole batches within the training set
+    assert queue_size_for(65536, 100, 256) == 256 and queue_size_for(4096, 10**6, 256) == 4096
+    assert SwAV.data_defaults(10**6, 256) == {"num_prototypes": 256}
+    assert SwAV.data_defaults(10**6, 4096) == {"num_prototypes": 3000}  # the paper's setting
+
+    def built(method_kwargs):
+        cfg = PretrainConfig.from_dict({
+            "method": "mocov2", "data": "unused", "backbone": "convnet_tiny",
+            "image_size": SIZE, "batch_size": BATCH, "backbone_kwargs": {"width": 4},
+            "method_kwargs": {"proj_hidden_dim": 16, "proj_dim": 8, **method_kwargs},
+        })  # fmt: skip
+        return build_method(cfg, dataset(labelled=True))
+
+    with caplog.at_level("INFO", logger="selfsup.train"):
+        method = built({})
+    assert method.queue.keys.shape[0] == N == method.hyperparameters()["queue_size"]
+    assert "mocov2: queue_size=24 for 24 training images at global batch 8 (paper: 65536" in (
+        caplog.text
+    )
+    assert built({"queue_size": 40}).queue.keys.shape[0] == 40  # the user's value wins

@@ -13,13 +13,29 @@ IMAGE_SIZE = 16
 # small heads so every method builds fast
 SMALL = {
     "simclr": dict(proj_hidden_dim=16, proj_dim=8),
+    "simclrv2": dict(proj_hidden_dim=16, proj_dim=8),
+    "dcl": dict(proj_hidden_dim=16, proj_dim=8),
+    "dclw": dict(proj_hidden_dim=16, proj_dim=8),
     "mocov2": dict(proj_hidden_dim=16, proj_dim=8, queue_size=32),
+    "mocov1": dict(proj_dim=8, queue_size=32),
+    "mocov3": dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16),
     "byol": dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16),
     "simsiam": dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=4),
     "fastsiam": dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=4, num_views=3),
     "barlow_twins": dict(proj_hidden_dim=16, proj_dim=8),
     "dino": dict(out_dim=32, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=2),
     "rotnet": dict(classifier_hidden_dim=8),
+    "supcon": dict(proj_hidden_dim=16, proj_dim=8),
+    "nnclr": dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=32),
+    "vicreg": dict(proj_hidden_dim=16, proj_dim=8),
+    "swav": dict(  # the queue fills in train_a_step, so its buffers round-trip too
+        proj_hidden_dim=16,
+        proj_dim=8,
+        num_prototypes=10,
+        num_local_crops=2,
+        queue_length=12,
+        epoch_queue_starts=0,
+    ),
 }
 
 

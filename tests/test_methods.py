@@ -15,17 +15,28 @@ BATCH = 8
 # name -> (small head kwargs, number of views of the default recipe)
 SPECS = {
     "simclr": (dict(proj_hidden_dim=16, proj_dim=8), 2),
+    "simclrv2": (dict(proj_hidden_dim=16, proj_dim=8), 2),
+    "dcl": (dict(proj_hidden_dim=16, proj_dim=8), 2),
+    "dclw": (dict(proj_hidden_dim=16, proj_dim=8), 2),
     "mocov2": (dict(proj_hidden_dim=16, proj_dim=8, queue_size=64), 2),
+    "mocov1": (dict(proj_dim=8, queue_size=64), 2),
+    "mocov3": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16), 2),
     "byol": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16), 2),
     "simsiam": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=4), 2),
     "fastsiam": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=4), 4),
     "barlow_twins": (dict(proj_hidden_dim=16, proj_dim=8), 2),
     "dino": (dict(out_dim=32, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=2), 4),
     "rotnet": ({}, 4),
+    "supcon": (dict(proj_hidden_dim=16, proj_dim=8), 2),
+    "nnclr": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=64), 2),
+    "vicreg": (dict(proj_hidden_dim=16, proj_dim=8), 2),
+    "swav": (dict(proj_hidden_dim=16, proj_dim=8, num_prototypes=10, num_local_crops=2), 4),
 }
 # momentum methods: (target attribute, online attribute) pairs
 TARGETS = {
     "mocov2": [("key_backbone", "backbone"), ("key_projector", "projector")],
+    "mocov1": [("key_backbone", "backbone"), ("key_projector", "projector")],
+    "mocov3": [("key_backbone", "backbone"), ("key_projector", "projector")],
     "byol": [("target_backbone", "backbone"), ("target_projector", "projector")],
     "dino": [("teacher_backbone", "backbone"), ("teacher_head", "head")],
 }
@@ -54,7 +65,7 @@ def hand_views(name: str, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     count = SPECS[name][1]
     sizes = [IMAGE_SIZE] * count
-    if name == "dino":
+    if name in ("dino", "swav"):  # multi-crop: 2 global crops, then smaller local ones
         sizes = [IMAGE_SIZE, IMAGE_SIZE] + [8] * (count - 2)
     return [torch.randn(BATCH, 3, s, s, generator=g) for s in sizes]
 
@@ -158,7 +169,7 @@ def test_default_momentum_schedules():
 
 def test_moco_queue_advances_with_the_normalised_keys():
     torch.manual_seed(0)
-    method = build("mocov2")
+    method = build("mocov2", shuffle_bn=False)  # shuffled keys: tests/test_shuffle_bn.py
     views = hand_views("mocov2")
     with torch.no_grad():
         expected = F.normalize(method.key_projector(method.key_backbone(views[1])), dim=1)

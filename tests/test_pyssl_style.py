@@ -6,7 +6,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from selfsup.methods import BYOL, DINO, BarlowTwins, FastSiam, MoCoV2, RotNet, SimCLR, SimSiam
+from selfsup.methods import (
+    BYOL,
+    DCL,
+    DCLW,
+    DINO,
+    NNCLR,
+    BarlowTwins,
+    FastSiam,
+    MoCoV1,
+    MoCoV2,
+    MoCoV3,
+    RotNet,
+    SimCLR,
+    SimCLRV2,
+    SimSiam,
+    SupCon,
+    SwAV,
+    VICReg,
+)
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -16,13 +34,22 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 # class -> (small heads, width of encoder(x))
 CLASSES = {
     SimCLR: (dict(proj_hidden_dim=32, proj_dim=8), 8),
+    SimCLRV2: (dict(proj_hidden_dim=32, proj_dim=8), 8),
+    DCL: (dict(proj_hidden_dim=32, proj_dim=8), 8),
+    DCLW: (dict(proj_hidden_dim=32, proj_dim=8), 8),
     MoCoV2: (dict(proj_hidden_dim=32, proj_dim=8, queue_size=64), 8),
+    MoCoV1: (dict(proj_dim=8, queue_size=64), 8),
+    MoCoV3: (dict(proj_hidden_dim=32, proj_dim=8, pred_hidden_dim=16), 8),
     BYOL: (dict(proj_hidden_dim=32, proj_dim=8, pred_hidden_dim=16), 8),
     SimSiam: (dict(proj_hidden_dim=32, proj_dim=8, pred_hidden_dim=4), 8),
     FastSiam: (dict(proj_hidden_dim=32, proj_dim=8, pred_hidden_dim=4), 8),
     BarlowTwins: (dict(proj_hidden_dim=32, proj_dim=8), 8),
     DINO: (dict(out_dim=32, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=2), 32),
     RotNet: ({}, 4),
+    SupCon: (dict(proj_hidden_dim=32, proj_dim=8), 8),
+    NNCLR: (dict(proj_hidden_dim=32, proj_dim=8, pred_hidden_dim=16, queue_size=64), 8),
+    VICReg: (dict(proj_hidden_dim=32, proj_dim=8), 8),
+    SwAV: (dict(proj_hidden_dim=32, proj_dim=8, num_prototypes=10, num_local_crops=2), 8),
 }
 
 pytestmark = pytest.mark.usefixtures("one_thread")

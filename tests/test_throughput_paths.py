@@ -1,6 +1,10 @@
 """The fast paths give the same numbers as the plain ones: caches, memory maps, bf16 and
-channels_last, pinning and thread choices."""
+channels_last, pinning and thread choices; and every recipe of benchmarks/throughput.py (the
+selfsup side and lightly's side of each paired method) runs."""
 
+import importlib.util
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ import selfsup.data.folder_cache as folder_cache
 from selfsup.data import BatchLoader, ImageDataset, load_image_folder
 from selfsup.data.folders import decode_image
 from selfsup.data.loader import pin_memory_for
+from selfsup.methods import METHODS
 from selfsup.runtime.precision import SMALL_VIEWS_ELEMENTS, views_threads
 
 # --- decoded-folder cache ------------------------------------------------------------------------
@@ -142,3 +147,110 @@ def test_views_threads_one_thread_for_small_cpu_batches():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --- benchmarks/throughput.py: every paired method, both sides ------------------------------------
+
+
+def _load_throughput():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+throughput = _load_throughput()
+PAIRED = list(throughput.PAIRINGS)
+TINY = throughput.Case("tiny test", "convnet_tiny", 1, 1, 1, backbone_kwargs={"width": 4})
+SIZE = 16  # DINO's and SwAV's local crops: 8 px
+BATCH = 8
+# the backbone passes of one step at batch 8 (ShuffleBN's two half-batches merged into one)
+EXPECTED_PASSES = {
+    "simclr": "fwd+bwd 16x16px",
+    "mocov2": "fwd+bwd 8x16px, fwd 8x16px",
+    "byol": "fwd+bwd 16x16px, fwd 16x16px",
+    "fastsiam": "fwd+bwd 32x16px",
+    "dino": "fwd+bwd 16x16px, fwd+bwd 48x8px, fwd 16x16px",
+}
+
+
+def _registered(method: str) -> None:
+    if method not in METHODS:
+        pytest.skip(f"{method} is not a registered selfsup method yet")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method", PAIRED)
+def test_selfsup_recipe_runs(method):
+    _registered(method)
+    result = throughput.run_selfsup(
+        TINY, method, 1, 1, "cpu", batch=BATCH, size=SIZE, bare_repeats=1
+    )
+    assert math.isfinite(result["loss"])
+    assert result["images_per_s"] > 0 and result["step_over_bare"] > 0
+    assert result["bare_passes"].startswith("fwd+bwd")
+    if method in EXPECTED_PASSES:
+        assert result["bare_passes"] == EXPECTED_PASSES[method]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method", PAIRED)
+def test_lightly_recipe_runs(method):
+    pytest.importorskip("lightly")
+    _registered(method)
+    result = throughput.run_lightly(TINY, method, 1, 1, "cpu", False, 0, batch=BATCH, size=SIZE)
+    assert math.isfinite(result["loss"]) and result["images_per_s"] > 0
+
+
+@pytest.mark.parametrize("method", PAIRED)
+def test_lightly_transform_makes_selfsup_views_and_heads_are_as_wide(method):
+    """lightly's transform gives as many views of the same sizes as selfsup's (with the
+    example's class where it can: no note for the methods whose views it expresses), and
+    both sides train heads of about the same size (they differ only in biases / BN layers)."""
+    pytest.importorskip("lightly")
+    _registered(method)
+    pairing = throughput.PAIRINGS[method]
+    views = throughput.selfsup_views(method, SIZE)
+    backbone = throughput._backbone(TINY)
+    recipe = pairing.lightly(backbone, pairing.sizes(backbone.feature_dim), views, 2)
+    image = Image.fromarray(throughput.generated_images(1, SIZE)[0])
+    made = recipe.transform(image)
+    assert [tuple(v.shape) for v in made] == [(3, v.size, v.size) for v in views.views]
+    if method in ("simclr", "mocov2", "byol", "simsiam", "fastsiam", "barlow_twins", "dino"):
+        assert recipe.notes == []
+    ours = throughput.build_selfsup(method, throughput._backbone(TINY), SIZE)
+    ours_heads = throughput.head_parameters(ours)
+    assert throughput.head_parameters(recipe.model) == pytest.approx(ours_heads, rel=0.05)
+
+
+def test_bare_passes_merge_one_modules_calls_per_size():
+    online, target = torch.nn.Identity(), torch.nn.Identity()
+    half = torch.zeros(4, 3, 16, 16)
+    calls = [
+        (online, half, True),
+        (online, half + 1, True),  # ShuffleBN's second half-batch
+        (online, torch.zeros(6, 3, 8, 8), True),  # local crops: their own pass
+        (target, half, False),
+        (target, half, False),
+    ]
+    passes = throughput.bare_passes(calls)
+    assert [(m, x.shape[0], x.shape[-1], g) for m, x, g in passes] == [
+        (online, 8, 16, True),
+        (online, 6, 8, True),
+        (target, 8, 16, False),
+    ]
+    assert torch.equal(passes[0][1][4:], half + 1)
+
+
+def test_methods_not_registered_or_not_taking_the_widths_are_skipped(monkeypatch):
+    assert set(throughput.choose_methods(None)[0]) == set(PAIRED) & set(METHODS.names())
+    simclr = throughput.PAIRINGS["simclr"]
+    renamed = throughput.Pairing(lambda d: {"projection_width": d}, simclr.lightly)
+    monkeypatch.setitem(throughput.PAIRINGS, "not_a_method", simclr)
+    monkeypatch.setitem(throughput.PAIRINGS, "byol", renamed)
+    chosen, notes = throughput.choose_methods(["simclr", "not_a_method", "byol"])
+    assert chosen == ["simclr"]
+    assert "not_a_method: skipped, not a registered" in notes[0]
+    assert "byol: skipped, selfsup's byol takes no projection_width" in notes[1]

@@ -96,6 +96,12 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
             help="fine-tuning head start: zero, or probe (LP-FT: the linear probe, chosen on val)",
         )  # fmt: skip
         p.add_argument(
+            "--from-projector-layer", type=int, metavar="K",
+            help="fine-tune the backbone and the first K Linear-BN-ReLU layers of the method's "
+            "projector (read from the run's checkpoint); 0: the backbone alone; default: the "
+            "method's paper (simclrv2: 1, others: 0)",
+        )  # fmt: skip
+        p.add_argument(
             "--views", action="append", default=[], metavar="KEY=VALUE",
             help="fine-tuning view parameter replacing the pretraining recipe's (repeatable), "
             "e.g. die_flip_p=0",

@@ -178,6 +178,9 @@ class _Trained:
     preprocess: Any
     meta: dict[str, Any]
     run: Path | None = None
+    # what fine-tuning trains when it is more than the backbone (backbone + projector layers)
+    network: nn.Module | None = None
+    projector_layers: int = 0
     checksum: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -193,8 +196,12 @@ class _Trained:
         return {"name": self.meta.get("name"), "checksum": self.checksum}
 
 
-def _trained(run_or_backbone: Any, checkpoint: str, trust_checkpoint: bool) -> _Trained:
-    """The backbone of a run / export folder / .ckpt (``load_trained``), or a loaded one."""
+def _trained(
+    run_or_backbone: Any, checkpoint: str, trust_checkpoint: bool,
+    from_projector_layer: int | None = 0,
+) -> _Trained:  # fmt: skip
+    """The backbone of a run / export folder / .ckpt (``load_trained``), or a loaded one; with
+    projector layers to fine-tune (``_with_projector_layers``), the method's from a checkpoint."""
     from selfsup.artifacts import load_trained, preprocess_for
 
     if isinstance(run_or_backbone, nn.Module):
@@ -205,11 +212,51 @@ def _trained(run_or_backbone: Any, checkpoint: str, trust_checkpoint: bool) -> _
                 "backbone metadata dict (load it with selfsup.load_backbone, or pass its run "
                 "folder, export folder or .ckpt)"
             )
-        return _Trained(run_or_backbone, preprocess_for(meta), meta)
-    backbone, preprocess, meta = load_trained(
-        run_or_backbone, checkpoint, trust_checkpoint=trust_checkpoint
+        trained = _Trained(run_or_backbone, preprocess_for(meta), meta)
+    else:
+        backbone, preprocess, meta = load_trained(
+            run_or_backbone, checkpoint, trust_checkpoint=trust_checkpoint
+        )
+        trained = _Trained(backbone, preprocess, meta, Path(run_or_backbone))
+    return _with_projector_layers(trained, from_projector_layer, checkpoint, trust_checkpoint)
+
+
+def _with_projector_layers(
+    trained: _Trained, requested: int | None, checkpoint: str, trust_checkpoint: bool
+) -> _Trained:
+    """``trained`` as it is, or, when fine-tuning keeps k > 0 projector layers (``requested``;
+    None: the method's default, SimCLR v2's 1), the method from the run's checkpoint with
+    ``network`` = its backbone + the first k blocks of its projector."""
+    from selfsup.artifacts import backbone_metadata, load_method_from_checkpoint, run_checkpoint
+    from selfsup.eval.finetune import (
+        check_projector_layer,
+        default_projector_layers,
+        finetune_network,
     )
-    return _Trained(backbone, preprocess, meta, Path(run_or_backbone))
+
+    method_name = trained.meta.get("method")
+    layers = default_projector_layers(method_name) if requested is None else requested
+    if check_projector_layer(layers) == 0:
+        return trained
+    why = (
+        f"{method_name} fine-tunes from projector layer {layers} by default (its paper's setting)"
+        if requested is None
+        else f"from_projector_layer={layers}"
+    )
+    escape = "from_projector_layer=0 (--from-projector-layer 0) fine-tunes the backbone alone"
+    if trained.run is None:
+        raise ValueError(
+            f"evaluate: {why}, and a loaded backbone has no projector; pass the run folder or "
+            f".ckpt, or {escape}"
+        )
+    try:
+        ckpt = run_checkpoint(trained.run, checkpoint)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"evaluate: {why}: {err}, or {escape}") from None
+    method = load_method_from_checkpoint(ckpt, trust=trust_checkpoint)
+    network = finetune_network(method, layers)
+    return _Trained(method.backbone.eval(), method.views.preprocess, backbone_metadata(method),
+                    trained.run, network, layers)  # fmt: skip
 
 
 def _json_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +285,7 @@ def evaluate(
     epochs: int = FINETUNE_EPOCHS,
     min_steps: int = FINETUNE_MIN_STEPS,
     head_init: str = HEAD_INITS[0],
+    from_projector_layer: int | None = None,
     views: Mapping[str, Any] | None = None,
     seed: int = 0,
     batch_size: int = 512,
@@ -259,13 +307,17 @@ def evaluate(
     ``train_split`` / ``val_split`` / ``test_split`` and
     ``val_data`` / ``test_data`` (``selfsup.eval.protocol.ProtocolData``), ``label_fraction``
     of train's labels in (0, 1]. Fine-tuning: ``epochs``, ``min_steps``, ``head_init``
-    ("zero" or "probe"), ``views`` (view recipe parameters replaced, e.g. {"die_flip_p": 0}).
+    ("zero" or "probe"), ``views`` (view recipe parameters replaced, e.g. {"die_flip_p": 0}),
+    ``from_projector_layer`` (k > 0: the backbone and the first k Linear-BN-ReLU layers of the
+    method's projector are fine-tuned, read from the run's checkpoint; None: the method's
+    paper, 1 for SimCLR v2, else 0 = the backbone alone; recorded in ``chosen``).
     Transfer: ``probe`` ("linear" or "mlp"). ``seed`` fixes every split and fit;
     ``batch_size`` images go through the frozen backbone at once (memory only). Options of
     other protocols are ignored. ``progress``: see ``selfsup.runtime.progress``.
     """
     _check_request(protocol, label_fraction, probe)
-    load = partial(_trained, run_or_backbone, checkpoint, trust_checkpoint)
+    load = partial(_trained, run_or_backbone, checkpoint, trust_checkpoint,
+                   from_projector_layer if protocol == "finetune" else 0)  # fmt: skip
     progress = resolve_progress(progress)
     choice = choose_data(run_or_backbone, data)
     log.debug("evaluate %s: %s", protocol, choice.note())
@@ -447,7 +499,10 @@ def _supervised_record(
 ) -> dict[str, Any]:  # fmt: skip
     """Fit ``fitted`` (linear, mlp or finetune) on train, select on val, test once: the
     record of ``protocol``."""
-    chosen, metrics = fit_and_test(fitted, trained.backbone, preprocess, trained.meta, splits, fit)
+    network = trained.backbone if trained.network is None else trained.network
+    chosen, metrics = fit_and_test(fitted, network, preprocess, trained.meta, splits, fit)
+    if protocol == "finetune":
+        chosen["from_projector_layer"] = trained.projector_layers
     return {
         "protocol": protocol,
         "selection": SELECTION,

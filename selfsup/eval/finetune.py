@@ -6,7 +6,10 @@ macro-F1 on val; the best step's weights are returned. The test split never ente
 The backbone has its own (smaller) learning rate; the head starts from zero, or (LP-FT, Kumar
 et al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution")
 from the linear probe of the frozen features, chosen on val, so the first steps do not push
-the pretrained features around to fit a random head.
+the pretrained features around to fit a random head. SimCLR v2 (Chen et al. 2020b, Sec. 2)
+fine-tunes from the projector's first layer: ``from_projector_layer`` k > 0 trains the method's
+backbone and the first k Linear-BN-ReLU blocks of its projector under the head
+(``finetune_network``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,91 @@ from selfsup.runtime.optim import parameter_groups, warmup_cosine
 from selfsup.runtime.progress import Progress, resolve_progress
 
 HEAD_INITS = ("zero", "probe")
+
+
+class ProjectorTrunk(nn.Module):
+    """A method's backbone followed by the first blocks (Linear [+ BatchNorm] + ReLU) of its
+    projector: the network SimCLR v2 fine-tunes. ``feature_dim`` is the last block's width.
+    It shares the method's modules (``finetune`` trains a copy)."""
+
+    def __init__(self, backbone: nn.Module, blocks: list[nn.Sequential]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = nn.Sequential(*blocks)
+        self.feature_dim = blocks[-1][0].out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projector(self.backbone(x))
+
+
+def projector_blocks(projector: nn.Module | None) -> list[nn.Sequential]:
+    """The hidden blocks Linear [+ BatchNorm1d] + ReLU at the start of ``projector`` (an
+    ``nn.Sequential`` as ``heads.mlp`` builds), in order; [] for anything else. The output
+    Linear is never a block (no ReLU follows it)."""
+    if not isinstance(projector, nn.Sequential):
+        return []
+    blocks: list[nn.Sequential] = []
+    current: list[nn.Module] = []
+    for layer in projector:
+        current.append(layer)
+        if isinstance(layer, nn.ReLU):
+            kinds = [type(m) for m in current]
+            if kinds not in ([nn.Linear, nn.ReLU], [nn.Linear, nn.BatchNorm1d, nn.ReLU]):
+                break
+            blocks.append(nn.Sequential(*current))
+            current = []
+    return blocks
+
+
+def default_projector_layers(method_name: str | None) -> int:
+    """How many projector blocks fine-tuning keeps by default for a method: its paper's
+    (``finetune_from_projector_layer`` on the class, SimCLR v2's 1), else 0 (the backbone)."""
+    from selfsup.methods import METHODS
+
+    if method_name not in METHODS:
+        return 0
+    return int(getattr(METHODS.get(method_name), "finetune_from_projector_layer", 0))
+
+
+def check_projector_layer(from_projector_layer: int) -> int:
+    """``from_projector_layer`` itself; ValueError when it is not an integer >= 0."""
+    if isinstance(from_projector_layer, bool) or not isinstance(from_projector_layer, int):
+        raise ValueError(
+            f"finetune: from_projector_layer must be an integer >= 0, got {from_projector_layer!r}"
+        )
+    if from_projector_layer < 0:
+        raise ValueError(
+            f"finetune: from_projector_layer must be >= 0 (0: the backbone alone), "
+            f"got {from_projector_layer}"
+        )
+    return from_projector_layer
+
+
+def finetune_network(model: nn.Module, from_projector_layer: int = 0) -> nn.Module:
+    """What ``finetune`` trains under its linear head. ``model``: a backbone, or a Method (its
+    backbone). ``from_projector_layer`` k > 0 (a Method only): its backbone and the first k
+    Linear [+ BN] + ReLU blocks of its projector (``ProjectorTrunk``), refused with a
+    ValueError for a projector without k such blocks."""
+    from selfsup.methods.base import Method
+
+    if check_projector_layer(from_projector_layer) == 0:
+        return model.backbone if isinstance(model, Method) else model
+    if not isinstance(model, Method):
+        raise ValueError(
+            f"finetune: from_projector_layer={from_projector_layer} needs the method (its "
+            f"projector), got a {type(model).__name__}; pass the Method, or the run folder or "
+            ".ckpt to evaluate"
+        )
+    projector = getattr(model, "projector", None)
+    blocks = projector_blocks(projector)
+    if len(blocks) < from_projector_layer:
+        has = "no projector" if projector is None else f"{len(blocks)} such layer(s)"
+        raise ValueError(
+            f"finetune: from_projector_layer={from_projector_layer} needs that many "
+            f"Linear-BN-ReLU layers at the start of {model.method_name}'s projector; it has "
+            f"{has} (from_projector_layer=0 fine-tunes the backbone alone)"
+        )
+    return ProjectorTrunk(model.backbone, blocks[:from_projector_layer])
 
 
 class Classifier(nn.Module):
@@ -185,6 +273,7 @@ def finetune(
     class_weighting: str = "sqrt",
     label_smoothing: float = 0.0,
     head_init: str = "zero",
+    from_projector_layer: int = 0,
     precision: str = "32-true",
     seed: int = 0,
     progress: Progress | None = None,
@@ -201,8 +290,12 @@ def finetune(
     linear probe of the frozen features, ``probe_head``). ``precision`` "bf16-mixed" runs
     forward passes under bf16 autocast. ``progress`` reports steps done, the latest and best
     val macro-F1 and the time left (default: ``resolve_progress``, silent for short runs).
+    ``backbone`` may be a Method (its backbone is fine-tuned); with ``from_projector_layer`` k
+    > 0 its backbone and the first k blocks of its projector are (SimCLR v2: k = 1;
+    ``finetune_network``).
     """
     _check_finetune_args(train_images, evaluations, head_init)
+    backbone = finetune_network(backbone, from_projector_layer)
     torch.manual_seed(seed)
     head = None
     if head_init == "probe":

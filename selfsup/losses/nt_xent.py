@@ -2,12 +2,60 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from selfsup.losses.precision import float32_loss
 from selfsup.runtime.distributed import gather, local_rows
+
+
+@dataclass
+class TwoViewLogits:
+    """Cosine logits of the 2B local anchors (z1 rows, then z2 rows) against the 2G columns of
+    the global batch (all ranks' z1, then all ranks' z2), and where each anchor's columns are.
+
+    logits [2B, 2G]; ``self_column`` / ``positive_column`` [2B]: the anchor's own column and its
+    other view's; ``rows`` [2B] = arange(2B), to index ``logits[rows, column]``.
+    """
+
+    logits: Tensor
+    self_column: Tensor
+    positive_column: Tensor
+    rows: Tensor
+
+    def mask(self, *columns: Tensor) -> Tensor:
+        """Bool [2B, 2G], True at each anchor's entry of every given column index [2B]."""
+        mask = torch.zeros_like(self.logits, dtype=torch.bool)
+        for column in columns:
+            mask[self.rows, column] = True
+        return mask
+
+
+def two_view_logits(z1: Tensor, z2: Tensor, temperature: float, loss: str) -> TwoViewLogits:
+    """The in-batch contrastive setup shared by NT-Xent, DCL and SupCon: z1, z2 [B, D] (row i
+    of each is image i) L2-normalised, gathered over ranks with their gradient (``gather``), and
+    sim / temperature of every local anchor against every global column. ``loss`` names the
+    caller in the shape error."""
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(
+            f"{loss} needs z1 and z2 of equal shape [B, D], got {tuple(z1.shape)} "
+            f"and {tuple(z2.shape)}"
+        )
+    z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    columns = torch.cat([gather(z1), gather(z2)])  # [2G, D], G = global batch
+    global_batch = columns.shape[0] // 2
+    local = z1.shape[0]
+    logits = torch.cat([z1, z2]) @ columns.T / temperature  # [2B, 2G]
+    own = torch.arange(local, device=z1.device) + local_rows(global_batch).start
+    return TwoViewLogits(
+        logits,
+        self_column=torch.cat([own, own + global_batch]),
+        positive_column=torch.cat([own + global_batch, own]),
+        rows=torch.arange(2 * local, device=z1.device),
+    )
 
 
 @float32_loss
@@ -25,23 +73,6 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     the mean of the ranks' losses is the loss of the global batch and DDP's averaged gradient
     equals the single-process gradient.
     """
-    if z1.shape != z2.shape or z1.ndim != 2:
-        raise ValueError(
-            f"nt_xent_loss needs z1 and z2 of equal shape [B, D], got {tuple(z1.shape)} "
-            f"and {tuple(z2.shape)}"
-        )
-    z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
-    columns = torch.cat([gather(z1), gather(z2)])  # [2G, D], G = global batch
-    global_batch = columns.shape[0] // 2
-    local = z1.shape[0]
-    anchors = torch.cat([z1, z2])  # [2B, D]
-    logits = anchors @ columns.T / temperature  # [2B, 2G]
-
-    own = torch.arange(local, device=z1.device) + local_rows(global_batch).start
-    self_column = torch.cat([own, own + global_batch])
-    positive_column = torch.cat([own + global_batch, own])
-    rows = torch.arange(2 * local, device=z1.device)
-    self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[rows, self_column] = True
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    return F.cross_entropy(logits, positive_column)
+    pairs = two_view_logits(z1, z2, temperature, "nt_xent_loss")
+    logits = pairs.logits.masked_fill(pairs.mask(pairs.self_column), float("-inf"))
+    return F.cross_entropy(logits, pairs.positive_column)

@@ -15,13 +15,21 @@ from typing import Any
 from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.base import METHODS, LossOutput, Method, register
 from selfsup.methods.byol import BYOL
+from selfsup.methods.dcl import DCL, DCLW
 from selfsup.methods.dino import DINO
 from selfsup.methods.fastsiam import FastSiam
+from selfsup.methods.mocov1 import MoCoV1
 from selfsup.methods.mocov2 import MoCoV2
+from selfsup.methods.mocov3 import MoCoV3
+from selfsup.methods.nnclr import NNCLR
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.saving import load_method, save_method
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simclrv2 import SimCLRV2
 from selfsup.methods.simsiam import SimSiam
+from selfsup.methods.supcon import SupCon
+from selfsup.methods.swav import SwAV
+from selfsup.methods.vicreg import VICReg
 from selfsup.registry import keyword_parameters
 
 
@@ -46,16 +54,25 @@ def list_methods() -> dict[str, dict[str, Any]]:
 
 __all__ = [
     "BYOL",
+    "DCL",
+    "DCLW",
     "DINO",
     "METHODS",
     "BarlowTwins",
     "FastSiam",
     "LossOutput",
     "Method",
+    "MoCoV1",
     "MoCoV2",
+    "MoCoV3",
+    "NNCLR",
     "RotNet",
     "SimCLR",
+    "SimCLRV2",
     "SimSiam",
+    "SupCon",
+    "SwAV",
+    "VICReg",
     "build",
     "list_methods",
     "load_method",

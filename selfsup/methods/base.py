@@ -143,6 +143,9 @@ class Method(nn.Module):
     view_recipe: ClassVar[str]  # set by every registered method
     encoder_head: ClassVar[str] = "projector"
     batch_fields: ClassVar[tuple[str, ...]] = ()  # per-sample fields training_loss takes
+    # BatchNorm statistics over all GPUs on multi-GPU runs (the papers' SyncBN); a method whose
+    # BatchNorm must stay per device (MoCo's shuffled BN) sets it False
+    sync_batchnorm: bool = True
     # old keyword -> (new keyword, what it is), refused with a message naming the new one
     renamed_arguments: ClassVar[dict[str, tuple[str, str]]] = {}
 
@@ -238,6 +241,20 @@ class Method(nn.Module):
             **derived,
             **extra,
         )
+
+    @classmethod
+    def data_defaults(cls, num_images: int, global_batch: int) -> dict[str, Any]:
+        """Hyper-parameter defaults that follow from the training data: ``selfsup pretrain``
+        uses them for the arguments the user did not set, and logs each (e.g. a queue no
+        longer than the training set, SwAV's prototypes no more than the batch spreads over).
+        A classmethod of the data: it runs before the method is built. None by default."""
+        return {}
+
+    @classmethod
+    def paper_default(cls, name: str) -> Any:
+        """The constructor's default of argument ``name`` (the paper's value)."""
+        parameters, _ = keyword_parameters(cls)
+        return parameters[name].default
 
     @classmethod
     def view_overrides(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,14 @@ from torch.nn import functional as F
 from selfsup.runtime.distributed import gather_no_grad
 
 
+def queue_size_for(paper_size: int, num_images: int, global_batch: int) -> int:
+    """A queue length for a training set of ``num_images``: the paper's ``paper_size``, but
+    never longer than the training set (rounded down to whole global batches, at least one),
+    else it holds older keys of the same images, the anchor's own among its negatives."""
+    fitting = max(global_batch, num_images // global_batch * global_batch)
+    return min(paper_size, fitting)
+
+
 class KeyQueue(nn.Module):
     """A FIFO queue of L2-normalised keys [size, dim], kept in buffers (saved in checkpoints).
 

@@ -48,9 +48,14 @@ class SimCLR(Method):
             self.feature_dim, proj_hidden_dim, proj_dim, num_layers=num_proj_layers
         )
 
-    def training_loss(self, views: list[Tensor]) -> LossOutput:
+    def training_loss(self, views: list[Tensor], **fields: Tensor) -> LossOutput:
         if len(views) != 2:
-            raise ValueError(f"simclr needs 2 views, got {len(views)}")
+            raise ValueError(f"{self.method_name} needs 2 views, got {len(views)}")
         z1, z2 = self.backbone_forward(self.backbone_forward(views), self.projector)
-        loss = nt_xent_loss(z1, z2, self.temperature)
+        loss = self.pair_loss(z1, z2, **fields)
         return LossOutput(loss, logs={"collapse_std": embedding_std(z1)})
+
+    def pair_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
+        """The contrastive loss of the two views' projections [B, proj_dim]: NT-Xent here;
+        the methods that keep SimCLR's views and projector (DCL, SupCon) replace only this."""
+        return nt_xent_loss(z1, z2, self.temperature)

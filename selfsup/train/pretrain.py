@@ -115,7 +115,22 @@ def build_method(cfg: PretrainConfig, train: Any) -> Any:
         BACKBONES.check_kwargs(
             cfg.backbone, cfg.backbone_kwargs, "backbone_kwargs", reserved=["in_channels"]
         )
-    return build(cfg.method, **base, **cfg.method_kwargs)
+    return build(cfg.method, **base, **_data_defaults(cfg, len(train)), **cfg.method_kwargs)
+
+
+def _data_defaults(cfg: PretrainConfig, num_images: int) -> dict[str, Any]:
+    """The method's defaults for this data (``Method.data_defaults``) that the user did not
+    set, each logged where it departs from the paper's."""
+    cls = METHODS.get(cfg.method)
+    global_batch = cfg.batch_size * expected_world_size(cfg)
+    chosen = cls.data_defaults(num_images, global_batch)
+    for name, value in chosen.items():
+        paper = cls.paper_default(name)
+        if name not in cfg.method_kwargs and value != paper:
+            log.info("%s: %s=%s for %d training images at global batch %d (paper: %s; "
+                     "--set method_kwargs.%s=N chooses)", cfg.method, name, value, num_images,
+                     global_batch, paper, name)  # fmt: skip
+    return {k: v for k, v in chosen.items() if k not in cfg.method_kwargs}
 
 
 def prepared_method(cfg: PretrainConfig, train: Any) -> tuple[Any, str, bool]:
@@ -207,7 +222,8 @@ def _train(
     callbacks, monitor_key = monitor_callbacks(cfg, bank, queries, knn_precision)
     callbacks += checkpoint_callbacks(run_dir / "checkpoints", monitor_key)
     expected_steps = steps_per_epoch(cfg, len(train), expected_world_size(cfg))
-    trainer = make_trainer(cfg, run_dir, callbacks, monitor_key, precision, expected_steps)
+    trainer = make_trainer(cfg, run_dir, callbacks, monitor_key, precision, expected_steps,
+                           sync_batchnorm=method.sync_batchnorm)  # fmt: skip
     world = trainer.world_size
     epoch_steps = steps_per_epoch(cfg, len(train), world)
     total_steps = total_training_steps(epoch_steps, cfg.epochs, cfg.max_steps)

@@ -115,10 +115,12 @@ def make_trainer(
     monitor_key: str | None,
     precision: str,
     log_every_at_most: int,
+    sync_batchnorm: bool = True,
 ) -> L.Trainer:
     """Lightning's Trainer for this run; its complaints about the user's setup (no GPU, bad
     devices) become one-line ValueErrors. Metrics are logged at least once an epoch
-    (``log_every_at_most``: the steps of one epoch)."""
+    (``log_every_at_most``: the steps of one epoch). ``sync_batchnorm``: the method's wish
+    (``Method.sync_batchnorm``; False for MoCo's shuffled BN), applied on multi-GPU runs."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     world = expected_world_size(cfg)
@@ -129,7 +131,7 @@ def make_trainer(
             num_nodes=cfg.num_nodes,
             strategy="ddp" if world > 1 else "auto",
             # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics
-            sync_batchnorm=world > 1 and on_gpu(cfg.accelerator),
+            sync_batchnorm=sync_batchnorm and world > 1 and on_gpu(cfg.accelerator),
             precision=precision,
             max_epochs=cfg.epochs,
             max_steps=cfg.max_steps or -1,

@@ -1,8 +1,8 @@
 """The papers' view recipes, one registered function each: ``(style, image_size) -> RecipeParts``.
 
 A recipe is named after the method whose paper defines its augmentations; a method that reuses
-another's names it as its ``view_recipe`` (MoCo v2 and SimSiam use ``simclr``, Barlow Twins
-``byol``). Every parameter in a recipe's ``defaults`` can be overridden by name in
+another's names it as its ``view_recipe`` (SimSiam, DCL, SupCon use ``simclr``, Barlow Twins
+and MoCo v3 ``byol``). Every parameter in a recipe's ``defaults`` can be overridden by name in
 ``make_views``. Wafer maps (style "wafer") get the same number of views, made of wafer
 operations only (90-degree turns, flips, die noise; no colour, blur or solarize).
 """
@@ -96,6 +96,35 @@ def simclr(style: str, image_size: int) -> RecipeParts:
     if style == "wafer":
         return RecipeParts(_wafer_defaults(), lambda p, s: _wafer_views(p, s, 2))
     return RecipeParts(_simclr_defaults(image_size), lambda p, s: _natural_views(p, s, 2))
+
+
+@VIEW_RECIPES.register("mocov1")
+def mocov1(style: str, image_size: int) -> RecipeParts:
+    """MoCo v1 (He et al. 2020, sec. 4; InstDisc's augmentation): crop 0.2-1 and flip, colour
+    jitter (0.4, 0.4, 0.4, 0.4) on every view, grayscale p 0.2, no blur. MoCo's code turns
+    grayscale before the jitter, here after it (SimCLR's order): the same views except that
+    a hue shift and the clamping then act on the colours before they become grey. Wafer maps:
+    as simclr."""
+    if style == "wafer":
+        return simclr(style, image_size)
+    defaults = {
+        **_simclr_defaults(image_size),
+        "crop_scale": (0.2, 1.0),
+        "hue": 0.4,
+        "jitter_p": 1.0,
+        "blur_p": 0.0,
+    }
+    return RecipeParts(defaults, lambda p, s: _natural_views(p, s, 2))
+
+
+@VIEW_RECIPES.register("mocov2")
+def mocov2(style: str, image_size: int) -> RecipeParts:
+    """MoCo v2 (Chen et al. 2020, the official ``main_moco.py --aug-plus``): SimCLR's views with
+    crops of 0.2-1 (not 0.08-1). Wafer maps: as simclr."""
+    if style == "wafer":
+        return simclr(style, image_size)
+    defaults = {**_simclr_defaults(image_size), "crop_scale": (0.2, 1.0)}
+    return RecipeParts(defaults, lambda p, s: _natural_views(p, s, 2))
 
 
 @VIEW_RECIPES.register("byol")
