@@ -102,6 +102,20 @@ def pretraining_spec(args: argparse.Namespace, train: ImageDataset) -> str:
 # --- pretraining within a budget ----------------------------------------------------------------
 
 
+def recipe_overrides(method: str, image_size: int) -> list[str]:
+    """The ``RECIPE_OVERRIDES`` that apply to ``method``: a view parameter only where the
+    method's view recipe has it (DINO's and SwAV's multi-crop recipes set their own crops)."""
+    from selfsup.methods import METHODS
+    from selfsup.views.recipes import recipe_parts
+
+    recipe = recipe_parts(METHODS.get(method).view_recipe, "natural", image_size).defaults
+    prefix = "method_kwargs.views."
+    return [
+        o for o in RECIPE_OVERRIDES
+        if not o.startswith(prefix) or o.split("=", 1)[0][len(prefix):] in recipe
+    ]  # fmt: skip
+
+
 def base_config(args: argparse.Namespace, method: str, data_spec: str) -> PretrainConfig:
     """The benchmark's pretraining config; ``--set key=value`` overrides it (as in the CLI)."""
     cfg = PretrainConfig(
@@ -120,7 +134,7 @@ def base_config(args: argparse.Namespace, method: str, data_spec: str) -> Pretra
         progress_bar=False,
         log_every_n_steps=20,
     )
-    overrides = [*RECIPE_OVERRIDES, *args.set]  # the user's come last, so they win
+    overrides = [*recipe_overrides(method, args.image_size), *args.set]  # the user's win
     return PretrainConfig.from_dict(apply_overrides(cfg.to_dict(), overrides), source="--set")
 
 

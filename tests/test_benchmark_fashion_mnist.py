@@ -52,3 +52,10 @@ def test_benchmark_defaults_are_the_goal_recipe_and_set_overrides_them():
     args = script.parse_args(["--set", "lr=0.3", "--set", "method_kwargs.views.crop_scale=[0.5,1]"])
     cfg = script.base_config(args, "byol", "data")
     assert cfg.lr == 0.3 and cfg.method_kwargs["views"]["crop_scale"] == [0.5, 1]
+
+
+def test_recipe_view_overrides_apply_only_where_the_recipe_has_them():
+    bench = load_benchmark("fashion_mnist")
+    assert "method_kwargs.views.crop_scale=[0.2,1.0]" in bench.recipe_overrides("simclr", 28)
+    for multi_crop in ("dino", "swav"):  # their recipes have no single crop_scale
+        assert bench.recipe_overrides(multi_crop, 28) == ["lr=0.12"]
