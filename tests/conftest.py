@@ -87,3 +87,15 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def cpu_trainer(**kwargs):
+    """A quiet one-process CPU Lightning Trainer (no logger, checkpoints or bars) for tests
+    that drive ``PretrainModule`` directly; ``kwargs`` add to or replace these settings."""
+    import lightning as L
+
+    settings = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+    )  # fmt: skip
+    return L.Trainer(**{**settings, **kwargs})

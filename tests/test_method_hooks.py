@@ -2,9 +2,9 @@
 ``batch_fields`` reach ``training_loss``, ``on_train_epoch_start`` and ``before_optimizer_step``
 are called where their docstrings say, and nothing reaches a method that did not ask."""
 
-import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 
 from selfsup.data import ImageDataset
 from selfsup.data.loader import BatchLoader
@@ -59,16 +59,7 @@ def small(cls=RecordingSimCLR):
 
 def fit(method, data, epochs: int = 2) -> None:
     module = PretrainModule(method, lr=0.01, total_steps=epochs * (N // BATCH))
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
+    trainer = cpu_trainer(max_epochs=epochs)
     datamodule = BatchDataModule(data, BATCH, seed=0, num_workers=0, fields=method.batch_fields)
     trainer.fit(module, datamodule=datamodule)
 

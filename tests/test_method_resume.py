@@ -5,6 +5,7 @@ support sets, EMA targets) and the values scheduled over training (EMA rate, tem
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 from test_methods import IMAGE_SIZE, SPECS, build
 
 from selfsup.data import ImageDataset
@@ -44,17 +45,8 @@ class Snapshot(L.Callback):
 
 
 def fit(method, max_steps: int, ckpt_path=None, callbacks=()) -> L.Trainer:
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        plugins=[AtomicCheckpointIO()],
-        callbacks=list(callbacks),
+    trainer = cpu_trainer(
+        max_steps=max_steps, plugins=[AtomicCheckpointIO()], callbacks=list(callbacks)
     )
     module = PretrainModule(method, lr=0.05, total_steps=TOTAL_STEPS)
     data = BatchDataModule(dataset(), BATCH, seed=0, num_workers=0, fields=method.batch_fields)
