@@ -396,4 +396,6 @@ def resolve_config(
     for key in given:
         origins.pop(key, None)  # the caller's value: its option is in the message already
     values = apply_overrides(values, overrides or [], origins=origins)
-    return PretrainConfig.from_dict(values, origins=origins)
+    cfg = PretrainConfig.from_dict(values, origins=origins)
+    cfg.given_keys = frozenset(values)  # what the caller set, defaults aside (explicit_keys)
+    return cfg

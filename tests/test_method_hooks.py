@@ -147,3 +147,44 @@ def test_queue_and_prototype_defaults_follow_the_training_data(caplog):
         caplog.text
     )
     assert built({"queue_size": 40}).queue.keys.shape[0] == 40  # the user's value wins
+
+
+def test_a_methods_paper_optimizer_applies_where_the_user_set_none(labelled_npz, tmp_path, caplog):
+    """Barlow Twins trains with LARS (lr 0.2, wd 1.5e-6) unless the run sets its own; the run's
+    config.yaml records what was used, so --resume continues with it."""
+    import yaml
+
+    import selfsup
+    from selfsup.methods import BarlowTwins
+
+    assert BarlowTwins.optimizer_defaults["optimizer"] == "lars"
+    train, val = labelled_npz
+    base = dict(
+        method="barlow_twins", backbone="convnet_tiny", backbone_kwargs={"width": 4},
+        method_kwargs={"proj_hidden_dim": 16, "proj_dim": 16}, data=str(train),
+        val_data=str(val), image_size=16, max_steps=1, batch_size=16, precision="32-true",
+        out=str(tmp_path), knn_k=[3], progress_bar=False,
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="selfsup"):
+        _, run = selfsup.pretrain(base, name="paper")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["optimizer"], saved["lr"], saved["weight_decay"]) == ("lars", 0.2, 1.5e-6)
+    assert "barlow_twins: its paper's optimizer settings optimizer=lars" in caplog.text
+    _, run = selfsup.pretrain({**base, "lr": 0.05}, name="mine")  # the user's lr wins
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["optimizer"], saved["lr"]) == ("lars", 0.05)
+    _, run = selfsup.pretrain({**base, "method": "simclr",
+                               "method_kwargs": {"proj_hidden_dim": 16, "proj_dim": 8}},
+                              name="sgd")  # fmt: skip
+    assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"] == "sgd"
+
+
+def test_a_setting_given_on_the_command_line_counts_even_at_its_default():
+    """``selfsup pretrain --method barlow_twins --optimizer sgd`` keeps SGD: resolve_config
+    remembers what was given, though sgd is also the config's default."""
+    from selfsup.config import resolve_config
+    from selfsup.train.resume import explicit_keys
+
+    cfg = resolve_config(None, ["weight_decay=5e-4"], method="barlow_twins", optimizer="sgd")
+    assert {"method", "optimizer", "weight_decay"} <= explicit_keys(cfg, {})
+    assert "lr" not in explicit_keys(cfg, {})

@@ -22,10 +22,13 @@ class BarlowTwins(Method):
     Shapes: views 2 x [B, C, H, W]; z1, z2 [B, proj_dim]; C [proj_dim, proj_dim].
 
     Defaults (paper): projector of 3 Linear layers of 8192 (BN + ReLU after the first two), no
-    extra loss scale. The augmentations are BYOL's.
+    extra loss scale, LARS with lr 0.2 per 256 images and weight decay 1.5e-6 (sec. 4; the
+    trainer's SGD at lr 0.06 leaves the 4096-d cross-correlation far from the identity in a
+    short run: docs/benchmarks.md). The augmentations are BYOL's.
     """
 
     view_recipe = "byol"
+    optimizer_defaults = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6}
 
     def __init__(
         self,

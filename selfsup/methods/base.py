@@ -146,6 +146,9 @@ class Method(nn.Module):
     # BatchNorm statistics over all GPUs on multi-GPU runs (the papers' SyncBN); a method whose
     # BatchNorm must stay per device (MoCo's shuffled BN) sets it False
     sync_batchnorm: bool = True
+    # the paper's optimizer where it differs from the trainer's SGD (PretrainConfig fields:
+    # optimizer, lr, weight_decay, ...); selfsup pretrain uses each the user did not set
+    optimizer_defaults: ClassVar[dict[str, Any]] = {}
     # old keyword -> (new keyword, what it is), refused with a message naming the new one
     renamed_arguments: ClassVar[dict[str, tuple[str, str]]] = {}
 

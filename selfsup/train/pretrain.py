@@ -133,6 +133,22 @@ def _data_defaults(cfg: PretrainConfig, num_images: int) -> dict[str, Any]:
     return {k: v for k, v in chosen.items() if k not in cfg.method_kwargs}
 
 
+def _optimizer_defaults(cfg: PretrainConfig, explicit: set[str]) -> None:
+    """The method's paper optimizer (``Method.optimizer_defaults``) for the settings the user
+    did not set, logged; the run's config.yaml records the values used."""
+    chosen = {
+        key: value
+        for key, value in METHODS.get(cfg.method).optimizer_defaults.items()
+        if key not in explicit
+    }
+    for key, value in chosen.items():
+        setattr(cfg, key, value)
+    if chosen:
+        settings = ", ".join(f"{k}={v}" for k, v in chosen.items())
+        log.info("%s: its paper's optimizer settings %s (--set KEY=VALUE chooses)",
+                 cfg.method, settings)  # fmt: skip
+
+
 def prepared_method(cfg: PretrainConfig, train: Any) -> tuple[Any, str, bool]:
     """(method, precision, channels_last): the method built for ``train`` in the memory
     format the trainer uses, with the precision chosen for the hardware."""
@@ -180,7 +196,9 @@ def pretrain(config: Any = None, *, dataset: Any = None, **kwargs: Any) -> tuple
     train = dataset if dataset is not None else _training_data(cfg)
     world = expected_world_size(cfg)
     if resume_ckpt is None:
-        fit_default_batch(cfg, len(train), world, explicit_keys(config, kwargs))
+        explicit = explicit_keys(config, kwargs)
+        fit_default_batch(cfg, len(train), world, explicit)
+        _optimizer_defaults(cfg, explicit)
     steps_per_epoch(cfg, len(train), world)  # before any folder exists
     method, precision, channels_last = prepared_method(cfg, train)
     bank, queries = _monitor_data(cfg, train)

@@ -19,6 +19,7 @@ def explicit_keys(config: Any, kwargs: dict[str, Any]) -> set[str]:
     elif isinstance(config, PretrainConfig):
         default = PretrainConfig().to_dict()
         keys |= {k for k, v in config.to_dict().items() if v != default[k]}
+        keys |= getattr(config, "given_keys", frozenset())  # resolve_config's: set to a default too
     elif isinstance(config, (str, Path)):
         keys |= set(load_yaml(config))
     return keys
