@@ -90,8 +90,8 @@ def linear_probe_10(backbone: Any, preprocess: Any, data: str, image_size: int) 
         role: load_dataset(data, image_size=image_size, split=split)
         for role, split in PROBE_SPLITS.items()
     }
-    chosen, metrics = fit_and_test("linear", backbone, preprocess, {}, splits, FitSettings())
-    return {"macro_f1": metrics["macro_f1"], "test": metrics, "chosen": chosen}
+    fitted = fit_and_test("linear", backbone, preprocess, {}, splits, FitSettings())
+    return {"macro_f1": fitted.metrics["macro_f1"], "test": fitted.metrics, "chosen": fitted.chosen}
 
 
 # --- one method, in its own process -------------------------------------------------------------

@@ -20,6 +20,8 @@ _PUBLIC = {
     "list_methods": "selfsup.methods",
     "pretrain": "selfsup.train.pretrain",
     "load_backbone": "selfsup.artifacts",
+    "load_classifier": "selfsup.classifier",
+    "predict": "selfsup.prediction",
     "evaluate": "selfsup.eval.api",
     "EvaluationResult": "selfsup.eval.api",
     "Supervisor": "selfsup.supervisor",

@@ -62,21 +62,28 @@ def load_backbone(path: str | Path) -> Backbone:
         if not needed.is_file():
             raise FileNotFoundError(f"exported backbone '{folder}' has no {needed.name}")
     meta = json.loads(meta_path.read_text())
+    backbone = build_backbone_from_metadata(meta)
+    state = load_file(str(weights_path))
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"'{weights_path}' does not match backbone '{meta['name']}': "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    return backbone.eval()
+
+
+def build_backbone_from_metadata(meta: dict[str, Any]) -> Backbone:
+    """An untrained backbone of the architecture ``meta`` (``backbone_metadata``) describes,
+    with ``meta`` as its ``metadata``."""
     name = meta["name"]
     kwargs = dict(meta.get("backbone_kwargs") or {})
     if name.startswith("cifar_") and name[len("cifar_") :].startswith("resnet"):
         kwargs.pop("cifar_stem", None)
     channels = meta.get("backbone_in_channels", meta["in_channels"])
     backbone = build_backbone(name, channels, **kwargs)
-    state = load_file(str(weights_path))
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"'{weights_path}' does not match backbone '{name}': "
-            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-        )
     backbone.metadata = meta
-    return backbone.eval()
+    return backbone
 
 
 def load_method_from_checkpoint(

@@ -44,12 +44,16 @@ def test_evaluate_gives_the_record_the_cli_writes(labelled_npz, tmp_path, capsys
     assert f"wrote {written}" in printed
 
     result = evaluate(run, data=str(train), protocol="linear", test_data=str(val))
-    assert result.record == json.loads(written.read_text())
+    saved = json.loads(written.read_text())
+    # saving adds the folder of the classifier it writes beside the record
+    assert saved.pop("classifier") == "eval_linear_data_classifier"
+    assert f"wrote {run / 'eval_linear_data_classifier'}" in printed
+    assert result.record == saved
     assert result.table() in printed
     assert result.name == "eval_linear_data" and result.metrics == result.record["test"]
     assert result.record["splits"]["val"]["size"] == 9  # 10 % of 32 per class, carved
-    copy = result.save(tmp_path / "copy.json")
-    assert copy.read_text() == written.read_text()
+    copy = json.loads(result.save(tmp_path / "copy.json").read_text())
+    assert copy.pop("classifier") == "copy_classifier" and copy == saved
 
     argv = ["eval", "knn", str(run), "--data", str(train), "--query-data", str(val), "--k", "3"]
     assert main(argv) == 0

@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from selfsup.cli.data import add_data_commands
     from selfsup.cli.eval import add_eval_commands
     from selfsup.cli.info import add_info_commands
+    from selfsup.cli.predict import add_predict_command
     from selfsup.cli.pretrain import add_pretrain_command
     from selfsup.cli.runs import add_run_commands
     from selfsup.cli.wafers import add_wafer_commands
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup",
         description="Self-supervised pretraining and evaluation on images: pretrain, eval "
-        "(knn, linear, mlp, finetune, transfer), embed, export, report, data (check, "
+        "(knn, linear, mlp, finetune, transfer), predict, embed, export, report, data (check, "
         "coco-crops, wafers convert), wafers (similar, synth), methods, backbones.",
         formatter_class=FORMATTER,
     )
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_pretrain_command(sub)
     add_eval_commands(sub)
+    add_predict_command(sub)
     add_run_commands(sub)
     add_wafer_commands(sub)
     add_info_commands(sub)

@@ -21,7 +21,9 @@ RECORDS = (
     "Writes RUN/eval_<protocol>_<split>.json on the run's data with all labels; other data "
     "adds its name (and --test-data's / --query-data's), --label-fraction F adds _fF, "
     "--max-bank N adds _bankN. An existing file of the same name is replaced, and the "
-    "command says so with its previous result."
+    "command says so with its previous result. linear, mlp and finetune also save the selected "
+    "model beside it (RUN/<record>_classifier: safetensors + JSON, calibrated on val) for "
+    "selfsup predict."
 )
 
 
@@ -46,6 +48,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         previous = previous_result(Path(args.run) / f"{result.name}.json")
         path = result.save(args.run)
         print(f"wrote {path}")
+        if result.classifier is not None:
+            folder = path.with_name(result.record["classifier"])
+            print(f"wrote {folder} (the selected classifier: selfsup predict {folder} --data ...)")
         if previous is not None:
             print(f"replaced {path} (previous result: {previous}; now {result.key_metric()})")
     else:

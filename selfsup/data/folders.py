@@ -297,6 +297,9 @@ def convert_mode(img: Image.Image, mode: str) -> Image.Image:
     return img.convert(mode)
 
 
+_CACHED_FAILURE = "could not be decoded (an earlier load found it so; its decode cache says)"
+
+
 def _try_decode(job: tuple[str, int, str]) -> np.ndarray | str:
     try:
         return decode_image(*job)
@@ -405,6 +408,9 @@ def load_image_folder(
         )
     unreadable_files = index.unreadable_files + skipped
     _log_skipped_files(path, unreadable_files, _reasons(index) + errors)
+    # a cache hit knows which files failed, not why (errors is empty then)
+    decode_reasons = errors if len(errors) == len(skipped) else [_CACHED_FAILURE] * len(skipped)
+    reasons = dict(zip(unreadable_files, _reasons(index) + decode_reasons, strict=True))
     if len(images) == 0:
         raise ValueError(f"none of the {len(files)} image files in '{path}' could be read")
     skipped_set = set(skipped)
@@ -422,7 +428,7 @@ def load_image_folder(
         names=kept,
         style="natural",
         source=f"image folder '{path}'",
-        skipped=unreadable_files,
+        skipped=reasons,
     )
 
 

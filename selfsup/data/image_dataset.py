@@ -8,7 +8,7 @@ the bottom of ``selfsup.data``: the sources import it, it imports none of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,8 @@ class ImageDataset:
     labels: int64 [N] indices into ``class_names``, or None for unlabelled data.
     names: one path or id per image, or None. style: "natural" or "wafer" (which view
     recipe fits the data). source: a human description ("image folder 'data/x'").
-    skipped: files that could not be read (image folders only).
+    skipped: files that could not be read (image folders only); a mapping also gives each
+    one's reason (kept in ``skip_reasons``).
     """
 
     def __init__(
@@ -47,7 +48,7 @@ class ImageDataset:
         names: Sequence[str] | None = None,
         style: str = "natural",
         source: str = "arrays",
-        skipped: Sequence[str] | None = None,
+        skipped: Sequence[str] | Mapping[str, str] | None = None,
     ) -> None:
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(images)
@@ -76,6 +77,7 @@ class ImageDataset:
         self.style = style
         self.source = source
         self.skipped: list[str] = list(skipped or [])
+        self.skip_reasons: dict[str, str] = dict(skipped) if isinstance(skipped, Mapping) else {}
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -39,7 +39,13 @@ from selfsup.eval.protocol import (
     named_splits,
     split_for,
 )
-from selfsup.eval.supervised import FINETUNE_EPOCHS, FINETUNE_MIN_STEPS, FitSettings, fit_and_test
+from selfsup.eval.supervised import (
+    FINETUNE_EPOCHS,
+    FINETUNE_MIN_STEPS,
+    FitSettings,
+    Fitted,
+    fit_and_test,
+)
 from selfsup.eval.transfer import (
     PROBES,
     TransferLoader,
@@ -51,6 +57,9 @@ from selfsup.eval.transfer import (
     transfer_section,
 )
 from selfsup.runtime.progress import Progress, resolve_progress
+
+if TYPE_CHECKING:
+    from selfsup.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +117,8 @@ class EvaluationResult:
     record: dict[str, Any]
     name: str
     notes: list[str] = field(default_factory=list)
+    # linear, mlp, finetune: the selected model as a classifier of raw images (calibrated)
+    classifier: ImageClassifier | None = None
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -133,18 +144,31 @@ class EvaluationResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the record as JSON to ``path``, or to ``path/<name>.json`` when ``path`` is a
-        folder (a run folder); returns the file written."""
+        folder (a run folder); returns the file written. A result with a ``classifier`` also
+        writes it into the folder ``<json name>_classifier`` beside the JSON (first, so the
+        record never names a classifier that is not there)."""
+        from selfsup.classifier import save_classifier
         from selfsup.runtime.files import atomic_write_text
 
         path = Path(path)
         if path.is_dir():
             path = path / f"{self.name}.json"
+        if self.classifier is not None:
+            folder = classifier_folder(path)
+            save_classifier(self.classifier, folder)
+            self.record["classifier"] = folder.name
         atomic_write_text(path, json.dumps(self.record, indent=2))
         return path
 
     def key_metric(self) -> str:
         """``<name> <value>`` of the headline metric (``replaced ...`` messages)."""
         return key_metric(self.record)
+
+
+def classifier_folder(record_path: str | Path) -> Path:
+    """Where ``EvaluationResult.save`` puts the classifier of the record ``record_path``."""
+    record_path = Path(record_path)
+    return record_path.with_name(f"{record_path.stem}_classifier")
 
 
 def key_metric(record: dict[str, Any]) -> str:
@@ -478,14 +502,15 @@ def _evaluate_supervised(
             protocol=protocol, seed=fit.seed,
         )  # fmt: skip
         with transfer_hint(f"eval {protocol}", trained.meta, splits.values()):
-            record = _supervised_record(protocol, protocol, trained, trained.preprocess, splits,
-                                        where, fit)  # fmt: skip
+            record, fitted = _supervised_record(protocol, protocol, trained, trained.preprocess,
+                                                splits, where, fit)  # fmt: skip
+        classifier = _classifier(fitted, trained, splits, record)
         name = f"eval_{protocol}_{split_for(where.data, 'train', where.train_split) or 'data'}"
-        return EvaluationResult(protocol, _json_record(record), name)
+        return EvaluationResult(protocol, _json_record(record), name, classifier=classifier)
     loader = TransferLoader(trained.meta)
     splits = where.load(sources, loader, protocol=protocol, seed=fit.seed)
     splits, preprocess, style_note = match_styles(splits, trained.meta, trained.preprocess)
-    record = _supervised_record(protocol, probe, trained, preprocess, splits, where, fit)
+    record, _ = _supervised_record(protocol, probe, trained, preprocess, splits, where, fit)
     record["transfer"] = transfer_section(
         probe, trained.run, where.data, trained.meta, loader, style_note
     )
@@ -496,14 +521,19 @@ def _evaluate_supervised(
 def _supervised_record(
     protocol: str, fitted: str, trained: _Trained, preprocess: Any,
     splits: dict[str, Any], where: ProtocolData, fit: FitSettings,
-) -> dict[str, Any]:  # fmt: skip
+) -> tuple[dict[str, Any], Fitted]:  # fmt: skip
     """Fit ``fitted`` (linear, mlp or finetune) on train, select on val, test once: the
-    record of ``protocol``."""
+    record of ``protocol`` (its probabilities' calibration included) and the fit."""
+    from selfsup.eval.calibration import calibrate
+
     network = trained.backbone if trained.network is None else trained.network
-    chosen, metrics = fit_and_test(fitted, network, preprocess, trained.meta, splits, fit)
+    result = fit_and_test(fitted, network, preprocess, trained.meta, splits, fit)
+    chosen, metrics = result.chosen, result.metrics
     if protocol == "finetune":
         chosen["from_projector_layer"] = trained.projector_layers
-    return {
+    _, calibration = calibrate(result.val_logits, splits["val"].labels, result.test_logits,
+                               splits["test"].labels)  # fmt: skip
+    record = {
         "protocol": protocol,
         "selection": SELECTION,
         "seed": fit.seed,
@@ -512,4 +542,25 @@ def _supervised_record(
         "backbone": trained.identity,
         "chosen": chosen,
         "test": metrics,
+        "calibration": calibration,
     }
+    return record, result
+
+
+def _classifier(
+    fitted: Fitted, trained: _Trained, splits: dict[str, Any], record: dict[str, Any]
+) -> ImageClassifier:
+    """The fit's network and head as a classifier of raw images, with the calibrated
+    temperature and the class names of the training data (indices when it has none)."""
+    from selfsup.classifier import ImageClassifier, trunk_spec
+    from selfsup.eval.finetune import ProjectorTrunk
+
+    num_classes = fitted.head_spec["num_classes"]
+    names = splits["train"].class_names or [str(i) for i in range(num_classes)]
+    network = fitted.network
+    blocks = trunk_spec(list(network.projector)) if isinstance(network, ProjectorTrunk) else []
+    return ImageClassifier(
+        network, fitted.head, metadata=trained.meta, class_names=names[:num_classes],
+        head_spec=fitted.head_spec, trunk_spec=blocks,
+        temperature=record["calibration"]["temperature"], record=_json_record(record),
+    ).eval()  # fmt: skip

@@ -181,7 +181,11 @@ class FinetuneResult:
 
     def predict(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
         """Class scores [N, C] (eval mode) for raw images."""
-        return _predict(self.model, images, preprocess, batch_size)
+        return self.logits(images, preprocess, batch_size).softmax(-1)
+
+    def logits(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
+        """Class logits [N, C] (eval mode, float32, on the CPU) for raw images."""
+        return _logits(self.model, images, preprocess, batch_size)
 
     def evaluate(self, images, labels, preprocess, class_names=None) -> dict:
         scores = self.predict(images, preprocess)
@@ -191,14 +195,14 @@ class FinetuneResult:
 
 
 @torch.no_grad()
-def _predict(
+def _logits(
     model: nn.Module, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size: int = 512
 ) -> Tensor:
-    """Class scores [N, C] of ``model`` in eval mode for raw images, on the CPU."""
+    """Class logits [N, C] of ``model`` in eval mode for raw images, float32 on the CPU."""
     model.eval()
     device = next(model.parameters()).device
     out = [
-        model(preprocess(images[i : i + batch_size].to(device))).float().softmax(-1).cpu()
+        model(preprocess(images[i : i + batch_size].to(device))).float().cpu()
         for i in range(0, images.shape[0], batch_size)
     ]
     return torch.cat(out)
@@ -418,7 +422,7 @@ class _Trainer:
                 self.step(self.augment(train[0][idx].to(device)), train[1][idx].to(device))
                 if step in eval_at:
                     with self.autocast():
-                        preds = _predict(self.model, val[0], self.preprocess).argmax(1)
+                        preds = _logits(self.model, val[0], self.preprocess).argmax(1)
                     selection.record(step, macro_f1(val[1], preds, num_classes), self.model)
                 task.update(step, selection.status())
         task.close()

@@ -1,8 +1,10 @@
 """The supervised protocols' fit: a linear or MLP probe of frozen features, or fine-tuning, on
 train; selection on val; the test split scored once, at the end.
 
-``fit_and_test`` returns (chosen settings, test metrics), the two parts of a protocol record
-that depend on the fit (``selfsup.eval.api`` adds the rest).
+``fit_and_test`` returns a ``Fitted``: the chosen settings and test metrics (the two parts of
+a protocol record that depend on the fit; ``selfsup.eval.api`` adds the rest), the selected
+network and head (what ``selfsup.classifier`` saves), and the val / test logits that calibrate
+its probabilities.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from selfsup.data.image_dataset import ImageDataset
 from selfsup.eval.finetune import HEAD_INITS
+from selfsup.eval.metrics import classification_metrics
 from selfsup.runtime.progress import Progress
 
 # fine-tuning steps at the least: 1 % of the wafer labels (623) is 3 batches of 256 an epoch
@@ -40,13 +44,29 @@ class FitSettings:
     progress: Progress | None = None
 
 
+@dataclass
+class Fitted:
+    """What a supervised fit selected. ``network``: images (preprocessed) -> features (the
+    frozen backbone for probes; the fine-tuned backbone [+ projector blocks]); ``head``:
+    features -> logits, with its layout ``head_spec`` (``selfsup.classifier.head_from_spec``);
+    ``val_logits`` / ``test_logits`` [N, C]: the selected model's logits on those splits."""
+
+    chosen: dict[str, Any]
+    metrics: dict[str, Any]
+    network: nn.Module
+    head: nn.Module
+    head_spec: dict[str, Any]
+    val_logits: Tensor
+    test_logits: Tensor
+
+
 def fit_and_test(
     protocol: str, backbone: nn.Module, preprocess: Any, meta: dict[str, Any],
     splits: dict[str, ImageDataset], settings: FitSettings,
-) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """(chosen settings, test metrics): fit ``protocol`` ("linear", "mlp" or "finetune") on
-    ``splits["train"]``, select on ``splits["val"]``, score ``splits["test"]`` once.
-    ``meta`` is the backbone's metadata (fine-tuning's view recipe comes from it)."""
+) -> Fitted:  # fmt: skip
+    """Fit ``protocol`` ("linear", "mlp" or "finetune") on ``splits["train"]``, select on
+    ``splits["val"]``, score ``splits["test"]`` once. ``meta`` is the backbone's metadata
+    (fine-tuning's view recipe comes from it)."""
     num_classes = int(max(int(ds.labels.max()) for ds in splits.values()) + 1)
     if protocol == "finetune":
         return _finetune_and_test(backbone, preprocess, meta, splits, num_classes, settings)
@@ -60,7 +80,7 @@ def fit_and_test(
 def _finetune_and_test(
     backbone: nn.Module, preprocess: Any, meta: dict[str, Any],
     splits: dict[str, ImageDataset], num_classes: int, settings: FitSettings,
-) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+) -> Fitted:  # fmt: skip
     from selfsup.artifacts import recipe_for
     from selfsup.eval.finetune import finetune
 
@@ -72,16 +92,20 @@ def _finetune_and_test(
         epochs=settings.epochs, min_steps=settings.min_steps, head_init=settings.head_init,
         seed=settings.seed, progress=settings.progress,
     )  # fmt: skip
-    metrics = result.evaluate(test.images, test.labels, preprocess, test.class_names)
+    val_logits, test_logits = (result.logits(ds.images, preprocess) for ds in (val, test))
+    metrics = classification_metrics(test.labels, None, num_classes, test.class_names,
+                                     scores=test_logits.softmax(1))  # fmt: skip
     chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1,
               "head_init": settings.head_init, "views": recipe.params}  # fmt: skip
-    return chosen, metrics
+    model = result.model
+    spec = {"kind": "linear", "in_dim": model.head.in_features, "num_classes": num_classes}
+    return Fitted(chosen, metrics, model.backbone, model.head, spec, val_logits, test_logits)
 
 
 def _probe_and_test(
     probe: str, backbone: nn.Module, preprocess: Any,
     splits: dict[str, ImageDataset], num_classes: int, settings: FitSettings,
-) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+) -> Fitted:  # fmt: skip
     from selfsup.eval.features import extract_features
     from selfsup.eval.probe import linear_probe, mlp_probe
 
@@ -105,4 +129,11 @@ def _probe_and_test(
     metrics = result.evaluate(feats["test"], test.labels, class_names=test.class_names)
     chosen = {**result.hyperparameters, "weight_decay": result.weight_decay,
               "epoch": result.epoch, "val_macro_f1": result.val_macro_f1}  # fmt: skip
-    return chosen, metrics
+    head = result.classifier.cpu().eval()
+    with torch.no_grad():
+        val_logits, test_logits = (head(feats[role].cpu().float()) for role in ("val", "test"))
+    spec = {"kind": f"{probe}_probe", "in_dim": int(feats["train"].shape[1]),
+            "num_classes": num_classes}  # fmt: skip
+    if probe == "mlp":
+        spec.update(hidden_dim=chosen["hidden_dim"], dropout=chosen["dropout"])
+    return Fitted(chosen, metrics, backbone, head, spec, val_logits, test_logits)

@@ -1,0 +1,123 @@
+"""Saved classifiers (selfsup.classifier): what `selfsup eval linear | mlp | finetune` hands
+over, saved, loaded back and used on raw images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import selfsup
+from selfsup.artifacts import export_backbone
+from selfsup.classifier import CLASSIFIER_META, CLASSIFIER_WEIGHTS, load_classifier
+from selfsup.eval.api import evaluate
+
+
+@pytest.fixture
+def export(tmp_path):
+    torch.manual_seed(0)
+    method = selfsup.build(
+        "simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
+        image_size=16, proj_hidden_dim=16, proj_dim=8,
+    )  # fmt: skip
+    export_backbone(method, tmp_path / "export")
+    return tmp_path / "export"
+
+
+def _images(path):
+    return torch.from_numpy(np.load(path)["images"]).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("protocol", ["linear", "mlp", "finetune"])
+def test_saved_then_loaded_gives_the_logits_of_the_selected_model(protocol, labelled_npz, export):
+    train, val = labelled_npz
+    result = evaluate(export, data=str(train), protocol=protocol, test_data=str(val),
+                      epochs=1, min_steps=3)  # fmt: skip
+    clf = result.classifier
+    assert clf is not None and clf.class_names == ["r", "g", "b"]
+    images = _images(val)
+    with torch.no_grad():
+        in_memory = clf(images)
+    # the classifier is the model the protocol scored: its test predictions are the record's
+    assert in_memory.argmax(1).eq(
+        torch.from_numpy(np.load(val)["labels"])
+    ).float().mean().item() == pytest.approx(result.metrics["accuracy"])
+    path = result.save(export)
+    folder = export / f"{result.name}_classifier"
+    assert json.loads(path.read_text())["classifier"] == folder.name
+    assert (folder / CLASSIFIER_WEIGHTS).is_file() and (folder / CLASSIFIER_META).is_file()
+    loaded = load_classifier(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), in_memory)
+    assert loaded.class_names == ["r", "g", "b"]
+    assert float(loaded.temperature) == pytest.approx(result.record["calibration"]["temperature"])
+    probs = loaded.predict_proba(images, batch_size=7)
+    torch.testing.assert_close(probs, (in_memory / loaded.temperature).softmax(1))
+    meta = json.loads((folder / CLASSIFIER_META).read_text())
+    assert meta["record"]["protocol"] == protocol and meta["image_size"] == 16
+    assert meta["backbone"]["name"] == "convnet_tiny"
+
+
+def test_calibration_is_in_the_record(labelled_npz, export):
+    train, val = labelled_npz
+    result = evaluate(export, data=str(train), protocol="linear", test_data=str(val))
+    calibration = result.record["calibration"]
+    assert calibration["temperature"] > 0
+    for key in ("val_ece_before", "val_ece_after", "test_ece_before", "test_ece_after"):
+        assert 0 <= calibration[key] <= 1
+    # fitted on val by NLL: val's NLL cannot get worse than at T = 1
+    assert calibration["val_nll_after"] <= calibration["val_nll_before"] + 1e-6
+
+
+def test_simclrv2_projector_layers_survive_the_round_trip(tmp_path):
+    from selfsup.artifacts import backbone_metadata
+    from selfsup.classifier import ImageClassifier, save_classifier, trunk_spec
+    from selfsup.eval.finetune import finetune_network
+
+    torch.manual_seed(0)
+    method = selfsup.build(
+        "simclrv2", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
+        image_size=16, proj_hidden_dim=16, proj_dim=8,
+    )  # fmt: skip
+    network = finetune_network(method, 1).eval()
+    head = torch.nn.Linear(network.feature_dim, 2)
+    spec = {"kind": "linear", "in_dim": network.feature_dim, "num_classes": 2}
+    clf = ImageClassifier(
+        network, head, metadata=backbone_metadata(method), class_names=["a", "b"],
+        head_spec=spec, trunk_spec=trunk_spec(list(network.projector)), temperature=1.7,
+    ).eval()  # fmt: skip
+    save_classifier(clf, tmp_path / "c")
+    loaded = load_classifier(tmp_path / "c" / CLASSIFIER_META)
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), clf(images))
+    assert float(loaded.temperature) == pytest.approx(1.7)
+
+
+def test_bad_classifier_folders_are_named(tmp_path, labelled_npz, export):
+    with pytest.raises(FileNotFoundError, match="has no classifier.json"):
+        load_classifier(tmp_path)
+    train, val = labelled_npz
+    result = evaluate(export, data=str(train), protocol="linear", test_data=str(val))
+    result.save(export)
+    folder = export / f"{result.name}_classifier"
+    meta = json.loads((folder / CLASSIFIER_META).read_text())
+    (folder / CLASSIFIER_META).write_text(json.dumps({**meta, "format": "other"}))
+    with pytest.raises(ValueError, match="not a selfsup classifier"):
+        load_classifier(folder)
+    meta["head"]["num_classes"] = 4  # weights for 3 classes
+    (folder / CLASSIFIER_META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not fit the layout"):
+        load_classifier(folder)
+
+
+def test_wrong_image_shape_is_refused(labelled_npz, export):
+    train, val = labelled_npz
+    clf = evaluate(export, data=str(train), protocol="linear", test_data=str(val)).classifier
+    with pytest.raises(ValueError, match=r"expects uint8 images \[N, 3, 16, 16\]"):
+        clf(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
+
+
+def test_transfer_and_knn_save_no_classifier(labelled_npz, export):
+    train, val = labelled_npz
+    assert evaluate(export, data=str(train), query_data=str(val), k=3).classifier is None
