@@ -112,6 +112,7 @@ def test_cli_lists_methods_and_backbones(capsys):
         "rotnet",
     ):
         assert f"{name}:" in out
+    assert "trains with: optimizer=lars, lr=0.2, weight_decay=1.5e-06" in out  # barlow_twins
     assert main(["backbones"]) == 0
     assert "convnet_small" in capsys.readouterr().out
 

@@ -157,3 +157,31 @@ def test_cli_synth_writes_readable_npz(tmp_path, capsys):
     assert len(maps) == 45 and np.bincount(maps.labels).tolist() == [5] * 9
     assert all(26 <= m.shape[0] <= 30 for m in maps.maps)
     assert "wrote 45 synthetic wafer maps" in capsys.readouterr().out
+
+
+def test_vote_names_the_pattern_with_the_most_similarity():
+    from selfsup.wafers.search import SimilarMaps
+
+    result = SimilarMaps(np.zeros((4, 4)), "q", [(0, 0.9, "Scratch"), (1, 0.5, "Donut"),
+                                                 (2, 0.45, "Donut"), (3, 0.99, "unlabeled")],
+                         None)  # fmt: skip
+    label, count, share = result.vote()
+    assert (label, count) == ("Donut", 2) and share == pytest.approx(0.95 / 1.85)
+    assert SimilarMaps(np.zeros((4, 4)), "q", [(0, 0.9, "unlabeled")], None).vote() is None
+
+
+def test_cli_ranks_a_new_map_against_labelled_ones(exported, tmp_path, capsys):
+    """--query-split test --split val: a test map ranked against the labelled val maps."""
+    out = tmp_path / "grid.png"
+    argv = ["wafers", "similar", str(exported), "--query", "0", "--query-split", "test",
+            "--split", "val", "--k", "5", "--out", str(out), "--no-cache"]  # fmt: skip
+    assert run_cli(argv) == 0
+    printed = capsys.readouterr().out
+    from selfsup.data.wafers import load_wafer_subset
+
+    names = load_wafer_subset("val", image_size=16).class_names
+    labels = [line.split("|")[4].strip() for line in printed.splitlines()
+              if line.startswith("| ") and line.split("|")[1].strip().isdigit()]  # fmt: skip
+    assert len(labels) == 5 and set(labels) <= set(names)
+    assert "most like: " in printed and printed.split("most like: ")[1].split(" (")[0] in labels
+    assert Image.open(out).size == grid_size(6)

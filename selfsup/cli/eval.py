@@ -73,7 +73,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
     transfer); the fine-tuning options only where they take effect."""
     from selfsup.data.spec import SPEC_HELP
     from selfsup.eval.finetune import HEAD_INITS
-    from selfsup.eval.supervised import FINETUNE_EPOCHS, FINETUNE_MIN_STEPS
+    from selfsup.eval.supervised import FINETUNE_EPOCHS, FINETUNE_MIN_STEPS, SEMI_METHODS
     from selfsup.eval.transfer import PROBES
 
     if protocol == "transfer":
@@ -106,6 +106,18 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
             "projector (read from the run's checkpoint); 0: the backbone alone; default: the "
             "method's paper (simclrv2: 1, others: 0)",
         )  # fmt: skip
+        p.add_argument(
+            "--semi", choices=SEMI_METHODS,
+            help="semi-supervised fine-tuning: fixmatch (Sohn et al. 2020) also learns from the "
+            "unlabelled training images (confident predictions on a weak view label a strong "
+            "view; threshold 0.95, 7 unlabelled per labelled image a step)",
+        )  # fmt: skip
+        p.add_argument(
+            "--unlabeled-data",
+            help="--semi: the unlabelled images (default: the data's whole training split, "
+            "wafers: train; other data: train before --label-fraction)",
+        )
+        p.add_argument("--unlabeled-split", help="--semi: a split of --unlabeled-data / --data")
         p.add_argument(
             "--views", action="append", default=[], metavar="KEY=VALUE",
             help="fine-tuning view parameter replacing the pretraining recipe's (repeatable), "

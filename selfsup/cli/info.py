@@ -17,15 +17,22 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     cfg = PretrainConfig()
     base, _ = keyword_parameters(Method)
+    from selfsup.methods import METHODS
+
     print(
         f"selfsup pretrain defaults: method {cfg.method}, backbone {cfg.backbone}, "
-        f"image_size {cfg.image_size}; head widths at most {HEAD_WIDTH_FACTOR} x the backbone's "
-        "feature size (--set method_kwargs.head_widths=paper: the papers' widths)"
+        f"image_size {cfg.image_size}, optimizer {cfg.optimizer} lr {cfg.lr} weight_decay "
+        f"{cfg.weight_decay} unless the method's paper says otherwise; head widths at most "
+        f"{HEAD_WIDTH_FACTOR} x the backbone's feature size (--set method_kwargs.head_widths="
+        "paper: the papers' widths)"
     )
     for name, defaults in list_methods().items():
         shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items() if k not in base)
         print(f"{name}: {shown}")
         print(f"  on {cfg.backbone}: {_head_widths(name, cfg)}")
+        optimizer = METHODS.get(name).optimizer_defaults
+        if optimizer:
+            print("  trains with: " + ", ".join(f"{k}={v}" for k, v in optimizer.items()))
     return 0
 
 

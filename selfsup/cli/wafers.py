@@ -25,10 +25,16 @@ def cmd_wafers_similar(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
         cache=False if args.no_cache else (args.cache or True),
         batch_size=args.batch_size,
+        query_split=args.query_split,
     )
     print("| rank | index | similarity | label |\n|---|---|---|---|")
     for rank, (i, s, label) in enumerate(result.neighbours, start=1):
         print(f"| {rank} | {i} | {s:.4f} | {label} |")
+    vote = result.vote()
+    if vote is not None:
+        label, count, share = vote
+        print(f"most like: {label} ({count} of {len(result.neighbours)} neighbours, "
+              f"{share:.0%} of their similarity)")  # fmt: skip
     out = save_similarity_grid(result, args.out)
     print(f"wrote {out} (query + {len(result.neighbours)} neighbours from {result.maps.source})")
     return 0
@@ -84,6 +90,11 @@ def add_wafer_commands(sub_parsers: Any) -> None:
     )
     s.add_argument(
         "--split", help="rows to search (built-in: train_1 ... test, train, all; default test)"
+    )
+    s.add_argument(
+        "--query-split",
+        help="the --query index is into this split (e.g. test) while --split (e.g. train: "
+        "labelled maps) is searched, so a new map is ranked against known patterns",
     )
     s.add_argument("--k", type=int, default=10, help="neighbours to show")
     s.add_argument("--out", required=True, help="PNG file to write")

@@ -42,6 +42,7 @@ from selfsup.eval.protocol import (
 from selfsup.eval.supervised import (
     FINETUNE_EPOCHS,
     FINETUNE_MIN_STEPS,
+    SEMI_METHODS,
     FitSettings,
     Fitted,
     fit_and_test,
@@ -311,6 +312,9 @@ def evaluate(
     head_init: str = HEAD_INITS[0],
     from_projector_layer: int | None = None,
     views: Mapping[str, Any] | None = None,
+    semi: str | None = None,
+    unlabeled_data: str | None = None,
+    unlabeled_split: str | None = None,
     seed: int = 0,
     batch_size: int = 512,
     checkpoint: str = "auto",
@@ -334,12 +338,16 @@ def evaluate(
     ("zero" or "probe"), ``views`` (view recipe parameters replaced, e.g. {"die_flip_p": 0}),
     ``from_projector_layer`` (k > 0: the backbone and the first k Linear-BN-ReLU layers of the
     method's projector are fine-tuned, read from the run's checkpoint; None: the method's
-    paper, 1 for SimCLR v2, else 0 = the backbone alone; recorded in ``chosen``).
+    paper, 1 for SimCLR v2, else 0 = the backbone alone; recorded in ``chosen``),
+    ``semi`` ("fixmatch": FixMatch with the unlabelled images of ``unlabeled_data`` /
+    ``unlabeled_split``, default the data's whole training split, wafers' ``train``, else train
+    before its label fraction; recorded in ``chosen.semi``; the record's name ends
+    ``_fixmatch``).
     Transfer: ``probe`` ("linear" or "mlp"). ``seed`` fixes every split and fit;
     ``batch_size`` images go through the frozen backbone at once (memory only). Options of
     other protocols are ignored. ``progress``: see ``selfsup.runtime.progress``.
     """
-    _check_request(protocol, label_fraction, probe)
+    _check_request(protocol, label_fraction, probe, semi)
     load = partial(_trained, run_or_backbone, checkpoint, trust_checkpoint,
                    from_projector_layer if protocol == "finetune" else 0)  # fmt: skip
     progress = resolve_progress(progress)
@@ -356,11 +364,14 @@ def evaluate(
         result.name = _knn_record_name(choice, sources, max_bank)
     else:
         where = ProtocolData(choice.data, train_split, val_split, test_split, val_data,
-                             test_data, label_fraction)  # fmt: skip
+                             test_data, label_fraction, unlabeled_data,
+                             unlabeled_split)  # fmt: skip
         fit = FitSettings(seed, epochs, min_steps, head_init, dict(views or {}), batch_size,
-                          progress)  # fmt: skip
+                          progress, semi)  # fmt: skip
         result = _evaluate_supervised(protocol, probe, where, load, fit)
         result.name = _supervised_record_name(protocol, probe, choice, where)
+        if semi is not None:
+            result.name += f"_{semi}"
     result.record["data_from"] = choice.origin
     result.notes.append(choice.note())
     return result
@@ -434,8 +445,14 @@ def _supervised_record_name(
     return name
 
 
-def _check_request(protocol: str, label_fraction: float, probe: str) -> None:
-    """ValueError for a protocol, label fraction or transfer probe that does not exist."""
+def _check_request(protocol: str, label_fraction: float, probe: str, semi: str | None) -> None:
+    """ValueError for a protocol, label fraction, transfer probe or semi-supervised method that
+    does not exist or does not apply."""
+    if semi is not None and (protocol != "finetune" or semi not in SEMI_METHODS):
+        raise ValueError(
+            f"evaluate: semi must be one of {', '.join(SEMI_METHODS)} and applies to protocol "
+            f"finetune only, got semi={semi!r} with protocol '{protocol}'"
+        )
     if protocol not in PROTOCOLS:
         raise ValueError(
             f"evaluate: protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'"
@@ -497,9 +514,15 @@ def _evaluate_supervised(
     sources = where.sources(protocol)  # before loading: a bad request fails fast
     trained = load()
     if protocol != "transfer":
+        unlabeled = where.unlabeled_source() if fit.semi is not None else None
+        if unlabeled is not None and unlabeled in (sources["test"], sources.get("val")):
+            raise ValueError(
+                f"eval {protocol}: the unlabelled data {unlabeled} is the validation or test "
+                "data; FixMatch may only learn from training images"
+            )
         splits = where.load(
             sources, lambda spec, split: load_eval_data(spec, trained.meta, split),
-            protocol=protocol, seed=fit.seed,
+            protocol=protocol, seed=fit.seed, unlabeled=fit.semi is not None,
         )  # fmt: skip
         with transfer_hint(f"eval {protocol}", trained.meta, splits.values()):
             record, fitted = _supervised_record(protocol, protocol, trained, trained.preprocess,

@@ -9,7 +9,9 @@ from the linear probe of the frozen features, chosen on val, so the first steps 
 the pretrained features around to fit a random head. SimCLR v2 (Chen et al. 2020b, Sec. 2)
 fine-tunes from the projector's first layer: ``from_projector_layer`` k > 0 trains the method's
 backbone and the first k Linear-BN-ReLU blocks of its projector under the head
-(``finetune_network``).
+(``finetune_network``). ``semi=FixMatch(...)`` adds FixMatch (Sohn et al. 2020): each step
+also takes ``ratio`` x the batch of unlabelled images, whose confident predictions on a weak
+view become the labels of a strong view (``selfsup.losses.fixmatch_loss``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch.nn import functional as F
 from selfsup.eval.features import extract_features
 from selfsup.eval.metrics import classification_metrics, macro_f1
 from selfsup.eval.probe import folded_linear, linear_probe
+from selfsup.losses.fixmatch import FIXMATCH_THRESHOLD, fixmatch_loss
 from selfsup.runtime.allocator import heap_allocations
 from selfsup.runtime.optim import parameter_groups, warmup_cosine
 from selfsup.runtime.progress import Progress, resolve_progress
@@ -165,12 +168,49 @@ def probe_head(
     return folded_linear(probe.classifier).to(device)
 
 
+FIXMATCH_RATIO = 7  # mu: unlabelled images per labelled image in a step (the paper's)
+FIXMATCH_WEIGHT = 1.0  # lambda_u: the unlabelled loss's weight (the paper's)
+
+
+@dataclass
+class FixMatch:
+    """FixMatch's part of fine-tuning (Sohn et al. 2020, Algorithm 1). ``unlabeled``: uint8
+    images [U, C, S, S] without labels (the training data at large); ``weak`` / ``strong``:
+    raw batch -> one augmented view (wafers: turns and flips / the pretraining views with die
+    noise, crops and re-gridding); ``threshold`` tau, ``ratio`` mu, ``weight`` lambda_u."""
+
+    unlabeled: Tensor
+    weak: Callable[[Tensor], Tensor]
+    strong: Callable[[Tensor], Tensor]
+    threshold: float = FIXMATCH_THRESHOLD
+    ratio: int = FIXMATCH_RATIO
+    weight: float = FIXMATCH_WEIGHT
+
+    def __post_init__(self) -> None:
+        if self.unlabeled.ndim != 4 or self.unlabeled.shape[0] < 2:
+            raise ValueError(
+                f"FixMatch: unlabeled must be images [U >= 2, C, S, S], got "
+                f"{tuple(self.unlabeled.shape)}"
+            )
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"FixMatch: threshold must be in [0, 1], got {self.threshold}")
+        if self.ratio < 1 or self.weight < 0:
+            raise ValueError(
+                f"FixMatch: ratio must be >= 1 and weight >= 0, got {self.ratio} and {self.weight}"
+            )
+
+    def settings(self) -> dict[str, float | int]:
+        return {"threshold": self.threshold, "ratio": self.ratio, "weight": self.weight,
+                "unlabeled": int(self.unlabeled.shape[0])}  # fmt: skip
+
+
 @dataclass
 class FinetuneResult:
     """The fine-tuned model at its best validation step.
 
     ``history`` holds (step, val macro-F1) of every evaluation; ``step`` is the chosen one and
-    ``epoch`` the same point in passes over the labelled set.
+    ``epoch`` the same point in passes over the labelled set. With FixMatch, ``mask_rates``
+    holds (step, share of the unlabelled batch above the threshold) at every evaluation.
     """
 
     model: Classifier
@@ -178,6 +218,7 @@ class FinetuneResult:
     epoch: float
     val_macro_f1: float
     history: list[tuple[int, float]] = field(default_factory=list)
+    mask_rates: list[tuple[int, float]] = field(default_factory=list)
 
     def predict(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
         """Class scores [N, C] (eval mode) for raw images."""
@@ -280,6 +321,7 @@ def finetune(
     from_projector_layer: int = 0,
     precision: str = "32-true",
     seed: int = 0,
+    semi: FixMatch | None = None,
     progress: Progress | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``backbone`` with a linear head; pick the step on val macro-F1.
@@ -296,7 +338,9 @@ def finetune(
     val macro-F1 and the time left (default: ``resolve_progress``, silent for short runs).
     ``backbone`` may be a Method (its backbone is fine-tuned); with ``from_projector_layer`` k
     > 0 its backbone and the first k blocks of its projector are (SimCLR v2: k = 1;
-    ``finetune_network``).
+    ``finetune_network``). ``semi``: FixMatch with unlabelled images (``FixMatch``); its
+    unlabelled batches are ``semi.ratio`` x ``batch_size``, and the labelled steps are as
+    without it.
     """
     _check_finetune_args(train_images, evaluations, head_init)
     backbone = finetune_network(backbone, from_projector_layer)
@@ -317,15 +361,23 @@ def finetune(
     steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
     batches = _batches(train_images.shape[0], batch_size, torch.Generator().manual_seed(seed))
     total_steps, plan = finetune_plan(epochs, steps_per_epoch, min_steps)
+    unlabeled = None
+    if semi is not None:
+        trainer.semi = semi
+        unlabeled = _batches(semi.unlabeled.shape[0], semi.ratio * batch_size,
+                             torch.Generator().manual_seed(seed + 1))  # fmt: skip
+        plan += (f"; FixMatch: {semi.ratio} x {batch_size} of {semi.unlabeled.shape[0]} "
+                 f"unlabelled images a step, threshold {semi.threshold}")  # fmt: skip
     resolve_progress(progress).note(plan)
     selection = trainer.run(
         total_steps, evaluations, batches,
-        (train_images, train_labels), (val_images, val_labels), progress,
+        (train_images, train_labels), (val_images, val_labels), progress, unlabeled,
     )  # fmt: skip
     model = trainer.model
     model.load_state_dict(selection.state)
     step, score, history = selection.step, selection.score, selection.history
-    return FinetuneResult(model.eval(), step, step / steps_per_epoch, score, history)
+    return FinetuneResult(model.eval(), step, step / steps_per_epoch, score, history,
+                          selection.mask_rates)  # fmt: skip
 
 
 def finetune_plan(epochs: int, steps_per_epoch: int, min_steps: int) -> tuple[int, str]:
@@ -366,6 +418,7 @@ class _Trainer:
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     autocast: Callable[[], torch.autocast]
     frozen_backbone: bool
+    semi: FixMatch | None = None
 
     @classmethod
     def create(
@@ -404,9 +457,11 @@ class _Trainer:
         train: tuple[Tensor, Tensor],
         val: tuple[Tensor, Tensor],
         progress: Progress | None,
+        unlabeled: Iterator[Tensor] | None = None,
     ) -> _Selection:
-        """``total`` warm-up + cosine steps on ``batches`` of ``train``, scored on ``val``
-        ``evaluations`` times, evenly spaced: every score and the best step's weights."""
+        """``total`` warm-up + cosine steps on ``batches`` of ``train`` (and with FixMatch
+        ``unlabeled`` batches of ``self.semi.unlabeled``), scored on ``val`` ``evaluations``
+        times, evenly spaced: every score and the best step's weights."""
         device = next(self.model.parameters()).device
         num_classes = self.model.head.out_features
         eval_at = {round(total * (i + 1) / evaluations) for i in range(evaluations)}
@@ -419,26 +474,50 @@ class _Trainer:
                 for g, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
                     g["lr"] = base * factor
                 idx = next(batches)
-                self.step(self.augment(train[0][idx].to(device)), train[1][idx].to(device))
+                views = None
+                if unlabeled is not None and self.semi is not None:
+                    raw = self.semi.unlabeled[next(unlabeled)].to(device)
+                    views = (self.semi.weak(raw), self.semi.strong(raw))
+                mask_rate = self.step(
+                    self.augment(train[0][idx].to(device)), train[1][idx].to(device), views
+                )
                 if step in eval_at:
                     with self.autocast():
                         preds = _logits(self.model, val[0], self.preprocess).argmax(1)
                     selection.record(step, macro_f1(val[1], preds, num_classes), self.model)
+                    if mask_rate is not None:
+                        selection.mask_rates.append((step, mask_rate))
                 task.update(step, selection.status())
         task.close()
         return selection
 
-    def step(self, x: Tensor, y: Tensor) -> None:
-        """One training step on the batch (x, y); a frozen backbone stays in eval mode."""
+    def step(
+        self, x: Tensor, y: Tensor, views: tuple[Tensor, Tensor] | None = None
+    ) -> float | None:
+        """One training step on the batch (x, y); a frozen backbone stays in eval mode. With
+        FixMatch ``views`` = (weak, strong) views of an unlabelled batch: one forward pass over
+        labelled + weak + strong (BatchNorm sees them together, as the paper's code) and
+        loss = CE(labelled) + weight * ``fixmatch_loss``; returns the share of the unlabelled
+        batch above the threshold (None without FixMatch)."""
         self.model.train()
         if self.frozen_backbone:
             self.model.backbone.eval()
         with self.autocast():
-            logits = self.model(x)
-        loss = self.loss_fn(logits.float(), y)
+            logits = self.model(x if views is None else torch.cat([x, *views]))
+        mask_rate = None
+        if views is None or self.semi is None:
+            loss = self.loss_fn(logits.float(), y)
+        else:
+            labelled, weak, strong = logits.float().split(
+                [x.shape[0], *(v.shape[0] for v in views)]
+            )
+            unlabeled_loss, mask = fixmatch_loss(weak, strong, self.semi.threshold)
+            loss = self.loss_fn(labelled, y) + self.semi.weight * unlabeled_loss
+            mask_rate = float(mask.float().mean())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        return mask_rate
 
 
 @dataclass
@@ -449,6 +528,7 @@ class _Selection:
     score: float = -1.0
     state: dict[str, Tensor] | None = None
     history: list[tuple[int, float]] = field(default_factory=list)
+    mask_rates: list[tuple[int, float]] = field(default_factory=list)
 
     def record(self, step: int, score: float, model: nn.Module) -> None:
         self.history.append((step, score))

@@ -24,8 +24,22 @@ from selfsup.data.image_dataset import ImageDataset
 VAL_FRACTION = 0.1
 # The split each role reads from data that has named splits; None: carved from train.
 NAMED_SPLITS: dict[str, dict[str, str | None]] = {
-    "wafers": {"train": "train_10", "val": "val", "test": "test", "bank": "train", "query": "val"},
-    "idx": {"train": "train", "val": None, "test": "test", "bank": "train", "query": "test"},
+    "wafers": {
+        "train": "train_10",
+        "val": "val",
+        "test": "test",
+        "bank": "train",
+        "query": "val",
+        "unlabeled": "train",
+    },
+    "idx": {
+        "train": "train",
+        "val": None,
+        "test": "test",
+        "bank": "train",
+        "query": "test",
+        "unlabeled": "train",
+    },
 }
 
 Source = tuple[str, str | None]  # (data spec, split or None)
@@ -159,6 +173,18 @@ class ProtocolData:
     val_data: str | None = None
     test_data: str | None = None
     label_fraction: float = 1.0
+    # semi-supervised fine-tuning's unlabelled images (labels, if any, unused): default the
+    # data's whole training split (wafers: train), else train before the label fraction
+    unlabeled_data: str | None = None
+    unlabeled_split: str | None = None
+
+    def unlabeled_source(self) -> Source | None:
+        """(data spec, split) of the unlabelled images, or None: train before its fraction."""
+        if self.unlabeled_data:
+            return self.unlabeled_data, self.unlabeled_split
+        if named_splits(self.data) is not None:
+            return self.data, self.unlabeled_split or named_splits(self.data)["unlabeled"]
+        return None
 
     def sources(self, protocol: str) -> dict[str, Source]:
         """(data spec, split) per role: train from ``data``; val from ``val_data`` or the
@@ -192,11 +218,14 @@ class ProtocolData:
         return val_split
 
     def load(
-        self, sources: dict[str, Source], load: Loader, *, protocol: str, seed: int = 0
-    ) -> dict[str, ImageDataset]:
+        self, sources: dict[str, Source], load: Loader, *, protocol: str, seed: int = 0,
+        unlabeled: bool = False,
+    ) -> dict[str, ImageDataset]:  # fmt: skip
         """{"train", "val", "test"} read from ``sources`` with ``load``; without a val source,
         a seeded, stratified ``VAL_FRACTION`` of train is carved off; then train keeps a
-        stratified ``label_fraction`` of its labels. Every split must be labelled."""
+        stratified ``label_fraction`` of its labels. Every split must be labelled. With
+        ``unlabeled`` also "unlabeled" (``unlabeled_source``, else train before the fraction:
+        its labels are never used)."""
         splits = {role: load(spec, split) for role, (spec, split) in sources.items()}
         if "val" not in splits:
             if splits["train"].labels is None:
@@ -205,8 +234,13 @@ class ProtocolData:
         for role, ds in splits.items():
             if ds.labels is None:
                 raise ValueError(f"eval {protocol}: the {role} data '{ds.source}' has no labels")
+        roles = ["train", "val", "test"]
+        if unlabeled:
+            source = self.unlabeled_source()
+            splits["unlabeled"] = splits["train"] if source is None else load(*source)
+            roles.append("unlabeled")
         if self.label_fraction < 1:
             train = splits["train"]
             chosen = stratified_fraction(train.labels, self.label_fraction, seed)
             splits["train"] = train.subset(chosen)
-        return {role: splits[role] for role in ("train", "val", "test")}
+        return {role: splits[role] for role in roles}

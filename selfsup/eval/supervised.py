@@ -32,8 +32,9 @@ MLP_PROBE_SETTINGS = {"batch_size": 256, "epochs": 40}
 @dataclass(frozen=True)
 class FitSettings:
     """How the supervised protocols fit: ``seed``; fine-tuning's ``epochs``, ``min_steps``,
-    ``head_init`` and ``views`` (view recipe parameters replaced); ``batch_size`` images per
-    forward pass of the frozen backbone; ``progress`` (None: ``Progress.from_env``)."""
+    ``head_init``, ``views`` (view recipe parameters replaced) and ``semi`` (semi-supervised
+    method); ``batch_size`` images per forward pass of the frozen backbone; ``progress``
+    (None: ``Progress.from_env``)."""
 
     seed: int = 0
     epochs: int = FINETUNE_EPOCHS
@@ -42,6 +43,7 @@ class FitSettings:
     views: Mapping[str, Any] = field(default_factory=dict)
     batch_size: int = 512
     progress: Progress | None = None
+    semi: str | None = None  # fine-tuning: None, or "fixmatch" (needs splits["unlabeled"])
 
 
 @dataclass
@@ -67,7 +69,8 @@ def fit_and_test(
     """Fit ``protocol`` ("linear", "mlp" or "finetune") on ``splits["train"]``, select on
     ``splits["val"]``, score ``splits["test"]`` once. ``meta`` is the backbone's metadata
     (fine-tuning's view recipe comes from it)."""
-    num_classes = int(max(int(ds.labels.max()) for ds in splits.values()) + 1)
+    labelled = [ds for role, ds in splits.items() if role != "unlabeled"]
+    num_classes = int(max(int(ds.labels.max()) for ds in labelled) + 1)
     if protocol == "finetune":
         return _finetune_and_test(backbone, preprocess, meta, splits, num_classes, settings)
     if protocol not in ("linear", "mlp"):
@@ -86,20 +89,56 @@ def _finetune_and_test(
 
     recipe = recipe_for(meta).with_params(**settings.views)
     train, val, test = splits["train"], splits["val"], splits["test"]
+    semi = None
+    if settings.semi is not None:
+        semi = _fixmatch(meta, splits)
     result = finetune(
         backbone, train.images, train.labels, val.images, val.labels,
         augment=recipe.single_view, preprocess=preprocess, num_classes=num_classes,
         epochs=settings.epochs, min_steps=settings.min_steps, head_init=settings.head_init,
-        seed=settings.seed, progress=settings.progress,
+        seed=settings.seed, semi=semi, progress=settings.progress,
     )  # fmt: skip
     val_logits, test_logits = (result.logits(ds.images, preprocess) for ds in (val, test))
     metrics = classification_metrics(test.labels, None, num_classes, test.class_names,
                                      scores=test_logits.softmax(1))  # fmt: skip
     chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1,
               "head_init": settings.head_init, "views": recipe.params}  # fmt: skip
+    if semi is not None:
+        chosen["semi"] = {"method": settings.semi, **semi.settings(),
+                          "weak_views": FIXMATCH_VIEWS[meta.get("view_style", "natural")][0],
+                          "strong_views": FIXMATCH_VIEWS[meta.get("view_style", "natural")][1],
+                          "mask_rate": result.mask_rates}  # fmt: skip
     model = result.model
     spec = {"kind": "linear", "in_dim": model.head.in_features, "num_classes": num_classes}
     return Fitted(chosen, metrics, model.backbone, model.head, spec, val_logits, test_logits)
+
+
+SEMI_METHODS = ("fixmatch",)
+# FixMatch's (weak, strong) views as parameters of the backbone's evaluation recipe (simclr's):
+# wafers: turns and flips / the pretraining views with die noise, crops and re-gridding;
+# natural images: flip and a mild crop / SimCLR's crops and colour distortion (the paper's
+# RandAugment is not in selfsup's recipes).
+FIXMATCH_VIEWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "wafer": ({"die_flip_p": 0.0}, {"die_flip_p": 0.03, "crop_scale": (0.5, 1.0), "regrid_p": 0.5}),
+    "natural": (
+        {"crop_scale": (0.8, 1.0), "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0},
+        {},
+    ),
+}
+
+
+def _fixmatch(meta: dict[str, Any], splits: dict[str, ImageDataset]) -> Any:
+    """FixMatch's settings for fine-tuning: the unlabelled images and the weak and strong
+    views for the backbone's view style."""
+    from selfsup.artifacts import recipe_for
+    from selfsup.eval.finetune import FixMatch
+
+    if "unlabeled" not in splits:
+        raise ValueError("fixmatch needs unlabelled images (splits['unlabeled'])")
+    weak, strong = FIXMATCH_VIEWS[meta.get("view_style", "natural")]
+    recipe = recipe_for(meta)
+    return FixMatch(splits["unlabeled"].images, recipe.with_params(**weak).single_view,
+                    recipe.with_params(**strong).single_view)  # fmt: skip
 
 
 def _probe_and_test(

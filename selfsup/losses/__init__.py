@@ -3,6 +3,7 @@
 from selfsup.losses.barlow_twins import barlow_twins_loss
 from selfsup.losses.dcl import dcl_loss, vmf_weights
 from selfsup.losses.dino import dino_loss, update_center
+from selfsup.losses.fixmatch import fixmatch_loss
 from selfsup.losses.infonce import infonce_queue_loss
 from selfsup.losses.mocov3 import mocov3_contrastive_loss
 from selfsup.losses.negative_cosine import byol_loss, negative_cosine
@@ -17,6 +18,7 @@ __all__ = [
     "byol_loss",
     "dcl_loss",
     "dino_loss",
+    "fixmatch_loss",
     "infonce_queue_loss",
     "mocov3_contrastive_loss",
     "nearest_neighbours",

@@ -82,8 +82,11 @@ def select_maps(maps: Any, keep: np.ndarray, source: str) -> Any:
     )
 
 
+UNLABELLED = "unlabeled"  # the label shown for a map without one
+
+
 def _label_name(maps: Any, label: int) -> str:
-    return maps.class_names[label] if label >= 0 else "unlabeled"
+    return maps.class_names[label] if label >= 0 else UNLABELLED
 
 
 def _encoding_for(meta: dict[str, Any]) -> str:
@@ -134,15 +137,40 @@ class SimilarMaps:
     neighbours: list[tuple[int, float, str]]  # (index into maps, cosine similarity, label)
     maps: Any
 
+    def vote(self) -> tuple[str, int, float] | None:
+        """(label, neighbours with it, its share of the summed similarity) of the known pattern
+        the query resembles most: the neighbours' labels weighted by similarity (unlabelled
+        neighbours abstain); None when no neighbour is labelled."""
+        weights: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for _, similarity, label in self.neighbours:
+            if label in (UNLABELLED, ""):
+                continue
+            weights[label] = weights.get(label, 0.0) + max(similarity, 0.0)
+            counts[label] = counts.get(label, 0) + 1
+        if not weights:
+            return None
+        best = max(weights, key=lambda name: (weights[name], counts[name]))
+        total = sum(weights.values()) or 1.0
+        return best, counts[best], weights[best] / total
 
-def _query(maps: Any, query: int | str | Path) -> tuple[int | None, np.ndarray, str]:
-    """(position in maps or None, the query map, its title) for an index or a .npy path."""
+
+def _query(
+    maps: Any, query: int | str | Path, query_maps: Any = None
+) -> tuple[int | None, np.ndarray, str]:
+    """(position in maps or None, the query map, its title) for an index (into ``query_maps``
+    when given: another split than the one searched) or a .npy path."""
     if isinstance(query, int) or re.fullmatch(r"-?\d+", str(query)):
+        source = maps if query_maps is None else query_maps
         position = int(query)
-        if not 0 <= position < len(maps):
-            raise ValueError(f"query {position} is out of range: '{maps.source}' has {len(maps)}")
-        title = f"query #{position}\n{_label_name(maps, int(maps.labels[position]))}"
-        return position, maps.maps[position], title
+        if not 0 <= position < len(source):
+            raise ValueError(
+                f"query {position} is out of range: '{source.source}' has {len(source)}"
+            )
+        title = f"query #{position}\n{_label_name(source, int(source.labels[position]))}"
+        if query_maps is not None:
+            return None, source.maps[position], title
+        return position, source.maps[position], title
     path = Path(query)
     return None, read_query_map(path), f"query {path.name}"
 
@@ -159,10 +187,14 @@ def find_similar(
     trust_pickle: bool = False,
     cache: str | Path | None | bool = True,
     batch_size: int = 256,
+    query_split: str | None = None,
 ) -> SimilarMaps:
     """The ``k`` maps of ``data`` most like ``query`` (an index into the data, or a 2-D .npy
     map) under the run's backbone. ``cache``: True = RUN/similarity/<data>_<split>.npz, a path,
-    or False / None for no feature cache. The built-in maps default to the test split."""
+    or False / None for no feature cache. The built-in maps default to the test split.
+    ``query_split``: the query index is into this split instead, so a new map (e.g. from
+    test) is ranked against labelled ones (``split="train"``); ``result.vote()`` names the
+    known pattern it resembles most."""
     from selfsup.artifacts import load_trained
     from selfsup.data.wm811k_pickles import WaferMaps, to_dataset
 
@@ -171,7 +203,10 @@ def find_similar(
     if split is None and data.lower() in WAFER_SPECS:
         split = "test"
     maps = load_wafer_maps(data, split, trust_pickle=trust_pickle)
-    position, query_map, query_title = _query(maps, query)
+    query_maps = None
+    if query_split is not None and query_split != split:
+        query_maps = load_wafer_maps(data, query_split, trust_pickle=trust_pickle)
+    position, query_map, query_title = _query(maps, query, query_maps)
     backbone, preprocess, meta = load_trained(run, checkpoint, trust_checkpoint=trust_checkpoint)
     encoding, image_size = _encoding_for(meta), int(meta["image_size"])
     cache_path = default_cache(Path(run), data, split) if cache is True else (cache or None)
