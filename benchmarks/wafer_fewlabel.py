@@ -37,6 +37,7 @@ from selfsup.config import apply_overrides  # noqa: E402
 from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
 from selfsup.eval.finetune import finetune  # noqa: E402
+from selfsup.eval.supervised import fixmatch_with  # noqa: E402
 from selfsup.runtime.precision import resolve_precision  # noqa: E402
 from selfsup.runtime.progress import Progress  # noqa: E402
 
@@ -118,11 +119,14 @@ def probe_rows(name, feats, data, num_classes, class_names, args, cells) -> dict
 
 
 def finetune_rows(
-    name, backbone, recipe, data, num_classes, class_names, args, cells, head_init="zero"
-) -> dict[str, Any]:
+    name, backbone, recipe, data, num_classes, class_names, args, cells, head_init="zero",
+    unlabeled=None,
+) -> dict[str, Any]:  # fmt: skip
+    """Fine-tuning rows; with ``unlabeled`` images, FixMatch (``--semi fixmatch``)."""
     rows: dict[str, Any] = {}
     val_sel = subsample(data["val"], args.finetune_val, seed=1)
     views = recipe.with_params(**args.finetune_views)  # the pretraining views unless replaced
+    semi = None if unlabeled is None else fixmatch_with(recipe, unlabeled)
     for split in LABEL_SPLITS:
         cells.start("finetune", split, name)
         start = time.perf_counter()
@@ -131,7 +135,7 @@ def finetune_rows(
             augment=views.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
-            head_init=head_init, seed=args.seed, progress=cells.progress,
+            head_init=head_init, seed=args.seed, semi=semi, progress=cells.progress,
         )  # fmt: skip
         test = result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
@@ -145,7 +149,9 @@ def finetune_rows(
                 "step": result.step,
                 "epoch": result.epoch,
                 "val_macro_f1": result.val_macro_f1,
-            },
+                **({} if semi is None else {"semi": {"method": "fixmatch", **semi.settings(),
+                                                     "mask_rate": result.mask_rates}}),
+            },  # fmt: skip
             "seconds": time.perf_counter() - start,
         }
         print(f"  {name} {split}: test macro-F1 {test['macro_f1']:.3f}", flush=True)
@@ -202,6 +208,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only the baseline rows (they need the run's architecture only)",
     )
     parser.add_argument("--finetune-val", type=int, default=4000, help="val maps for selection")
+    parser.add_argument(
+        "--semi", choices=["fixmatch"],
+        help="also FixMatch fine-tuning rows (pretrained and from random init) with the maps of "
+        "the four train splits as unlabelled data",
+    )  # fmt: skip
     parser.add_argument("--subsample", type=int, default=None, help="cap every split (smoke)")
     parser.add_argument(
         "--seed", type=int, default=0,
@@ -232,7 +243,7 @@ def count_cells(args: argparse.Namespace) -> int:
     probes = [p for p in args.protocols if p in ("linear", "mlp")]
     pretrained = 0 if args.baselines_only else 1
     probe_rows_ = pretrained + sum(b in args.baselines for b in ("random", "raw"))
-    finetune_rows_ = pretrained + ("supervised" in args.baselines)
+    finetune_rows_ = (pretrained + ("supervised" in args.baselines)) * (2 if args.semi else 1)
     cells = len(probes) * probe_rows_ + ("finetune" in args.protocols) * finetune_rows_
     return cells * len(LABEL_SPLITS)
 
@@ -270,6 +281,17 @@ def all_rows(
     if "finetune" in args.protocols and "supervised" in args.baselines:
         rows |= finetune_rows("supervised from scratch", random_method.backbone, recipe, data,
                               *shared)  # fmt: skip
+    if args.semi:
+        # FixMatch's unlabelled images: every map of the four train splits (labels unused)
+        unlabeled = subsample(load_wafer_subset("train", image_size=recipe.image_size),
+                              args.subsample, seed=9).images  # fmt: skip
+        if not args.baselines_only:
+            rows |= finetune_rows("pretrained + fine-tune + FixMatch", method.backbone, recipe,
+                                  data, *shared, head_init=args.finetune_head,
+                                  unlabeled=unlabeled)  # fmt: skip
+        if "supervised" in args.baselines:
+            rows |= finetune_rows("FixMatch from random init", random_method.backbone, recipe,
+                                  data, *shared, unlabeled=unlabeled)  # fmt: skip
     return rows
 
 

@@ -23,11 +23,12 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         "--baselines", "random", "supervised", "--linear-epochs", "15", "--finetune-epochs", "1",
         "--finetune-min-steps", "6", "--finetune-val", "300", "--precision", "32-true",
         "--finetune-views", "die_flip_p=0", "--seed", "1",
-        "--json", str(out), "--progress-seconds", "0",
+        "--json", str(out), "--progress-seconds", "0", "--semi", "fixmatch",
     ])  # fmt: skip
     expected = {
         "pretrained + linear probe", "random init + linear probe",
         "pretrained + fine-tune", "supervised from scratch",
+        "pretrained + fine-tune + FixMatch", "FixMatch from random init",
     }  # fmt: skip
     assert set(rows) == expected
     for per_split in rows.values():
@@ -39,6 +40,9 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
     for name in ("pretrained + fine-tune", "supervised from scratch"):
         chosen = rows[name]["train_1"]["chosen"]
         assert chosen["views"] == {"die_flip_p": 0} and chosen["seed"] == 1
+    for name in ("pretrained + fine-tune + FixMatch", "FixMatch from random init"):
+        semi = rows[name]["train_10"]["chosen"]["semi"]
+        assert semi["method"] == "fixmatch" and semi["unlabeled"] == 800 and semi["ratio"] == 7
 
     def mean_f1(name):
         return sum(c["macro_f1"] for c in rows[name].values()) / 3
@@ -50,8 +54,8 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
     assert "| pretrained + linear probe |" in printed
     # progress on stderr: which cell of how many, and each job's steps (rate limit 0 here)
     cells = [line for line in captured.err.splitlines() if line.startswith("[")]
-    assert len(cells) == 12
-    assert cells[0] == "[1/12] linear probe train_1 (pretrained, simclr)"
-    assert cells[-1] == "[12/12] finetune train_20 (supervised from scratch, simclr)"
+    assert len(cells) == 18
+    assert cells[0] == "[1/18] linear probe train_1 (pretrained, simclr)"
+    assert cells[-1] == "[18/18] finetune train_20 (FixMatch from random init, simclr)"
     assert "fine-tune: 6/6 steps (100 %)" in captured.err
     assert "linear probe search: " in captured.err and "features of 800 images: " in captured.err

@@ -127,18 +127,22 @@ FIXMATCH_VIEWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _fixmatch(meta: dict[str, Any], splits: dict[str, ImageDataset]) -> Any:
-    """FixMatch's settings for fine-tuning: the unlabelled images and the weak and strong
-    views for the backbone's view style."""
-    from selfsup.artifacts import recipe_for
+def fixmatch_with(recipe: Any, unlabeled: Tensor) -> Any:
+    """``FixMatch`` on the ``unlabeled`` uint8 images with the weak and strong views of
+    ``FIXMATCH_VIEWS`` for the style of ``recipe`` (the backbone's evaluation recipe)."""
     from selfsup.eval.finetune import FixMatch
+
+    weak, strong = FIXMATCH_VIEWS[recipe.style]
+    return FixMatch(unlabeled, recipe.with_params(**weak).single_view,
+                    recipe.with_params(**strong).single_view)  # fmt: skip
+
+
+def _fixmatch(meta: dict[str, Any], splits: dict[str, ImageDataset]) -> Any:
+    from selfsup.artifacts import recipe_for
 
     if "unlabeled" not in splits:
         raise ValueError("fixmatch needs unlabelled images (splits['unlabeled'])")
-    weak, strong = FIXMATCH_VIEWS[meta.get("view_style", "natural")]
-    recipe = recipe_for(meta)
-    return FixMatch(splits["unlabeled"].images, recipe.with_params(**weak).single_view,
-                    recipe.with_params(**strong).single_view)  # fmt: skip
+    return fixmatch_with(recipe_for(meta), splits["unlabeled"].images)
 
 
 def _probe_and_test(
