@@ -16,6 +16,7 @@ from selfsup.runtime.files import (
     atomic_save_weights,
     atomic_write_text,
     load_checkpoint_file,
+    load_weights,
 )
 
 WEIGHTS = "backbone.safetensors"
@@ -55,12 +56,7 @@ def load_backbone(path: str | Path) -> Backbone:
     The returned module has ``feature_dim``, ``in_channels`` and a ``metadata`` dict
     (image_size, view_style, normalisation) to preprocess new images the way training did.
     """
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    meta_path, weights_path = folder / META, folder / WEIGHTS
-    for needed in (meta_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"exported backbone '{folder}' has no {needed.name}")
+    meta_path, weights_path = artifact_files(path, META, WEIGHTS, "exported backbone")
     meta = json.loads(meta_path.read_text())
     backbone = build_backbone_from_metadata(meta)
     state = load_file(str(weights_path))
@@ -71,6 +67,20 @@ def load_backbone(path: str | Path) -> Backbone:
             f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
         )
     return backbone.eval()
+
+
+def artifact_files(
+    path: str | Path, meta_name: str, weights_name: str, kind: str
+) -> tuple[Path, Path]:
+    """(JSON, weights) of a saved artifact: ``path`` is its folder or a file in it;
+    FileNotFoundError names the ``kind`` ("exported backbone") and the missing file."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta_path, weights_path = folder / meta_name, folder / weights_name
+    for needed in (meta_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{kind} '{folder}' has no {needed.name}")
+    return meta_path, weights_path
 
 
 def build_backbone_from_metadata(meta: dict[str, Any]) -> Backbone:
@@ -120,13 +130,8 @@ def load_method_from_checkpoint(
     method = build(build_config.pop("method"), **build_config)
     prefix = "method."
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    try:
-        method.load_state_dict(weights)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise CheckpointError(
-            f"'{ckpt_path}': its weights do not fit the method it names ({first})"
-        ) from err
+    load_weights(method, weights, lambda first: CheckpointError(
+        f"'{ckpt_path}': its weights do not fit the method it names ({first})"))  # fmt: skip
     return method
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from selfsup.artifacts import build_backbone_from_metadata, preprocess_for
-from selfsup.runtime.files import atomic_save_weights, atomic_write_text
+from selfsup.artifacts import artifact_files, build_backbone_from_metadata, preprocess_for
+from selfsup.runtime.files import atomic_save_weights, atomic_write_text, load_weights
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_META = "classifier.json"
@@ -187,12 +187,9 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
 
     from selfsup.eval.finetune import ProjectorTrunk
 
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    meta_path, weights_path = folder / CLASSIFIER_META, folder / CLASSIFIER_WEIGHTS
-    for needed in (meta_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"classifier '{folder}' has no {needed.name}")
+    meta_path, weights_path = artifact_files(
+        path, CLASSIFIER_META, CLASSIFIER_WEIGHTS, "classifier"
+    )
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -218,12 +215,6 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         trunk_spec=meta.get("projector_blocks") or [], temperature=meta.get("temperature", 1.0),
         record=meta.get("record"),
     )  # fmt: skip
-    state = load_file(str(weights_path))
-    try:
-        classifier.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(
-            f"'{weights_path}' does not fit the layout in {meta_path.name}: {first}"
-        ) from None
+    load_weights(classifier, load_file(str(weights_path)), lambda first: ValueError(
+        f"'{weights_path}' does not fit the layout in {meta_path.name}: {first}"))  # fmt: skip
     return classifier.to(map_location).eval()

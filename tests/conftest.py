@@ -99,3 +99,24 @@ def cpu_trainer(**kwargs):
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
     )  # fmt: skip
     return L.Trainer(**{**settings, **kwargs})
+
+
+def tiny_simclr(name: str = "simclr"):
+    """An untrained ``name`` on convnet_tiny (width 4) for 16x16 RGB images, seeded."""
+    import selfsup
+
+    torch.manual_seed(0)
+    return selfsup.build(
+        name, backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
+        image_size=16, proj_hidden_dim=16, proj_dim=8,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    """``tiny_simclr()``'s backbone exported to ``tmp_path / "export"``: no training needed."""
+    from selfsup.artifacts import export_backbone
+
+    export_backbone(tiny_simclr(), tmp_path / "export")
+    return tmp_path / "export"
+

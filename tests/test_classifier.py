@@ -6,22 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_simclr
 
-import selfsup
-from selfsup.artifacts import export_backbone
 from selfsup.classifier import CLASSIFIER_META, CLASSIFIER_WEIGHTS, load_classifier
 from selfsup.eval.api import evaluate
-
-
-@pytest.fixture
-def export(tmp_path):
-    torch.manual_seed(0)
-    method = selfsup.build(
-        "simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
-        image_size=16, proj_hidden_dim=16, proj_dim=8,
-    )  # fmt: skip
-    export_backbone(method, tmp_path / "export")
-    return tmp_path / "export"
 
 
 def _images(path):
@@ -74,11 +62,7 @@ def test_simclrv2_projector_layers_survive_the_round_trip(tmp_path):
     from selfsup.classifier import ImageClassifier, save_classifier, trunk_spec
     from selfsup.eval.finetune import finetune_network
 
-    torch.manual_seed(0)
-    method = selfsup.build(
-        "simclrv2", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
-        image_size=16, proj_hidden_dim=16, proj_dim=8,
-    )  # fmt: skip
+    method = tiny_simclr("simclrv2")
     network = finetune_network(method, 1).eval()
     head = torch.nn.Linear(network.feature_dim, 2)
     spec = {"kind": "linear", "in_dim": network.feature_dim, "num_classes": 2}

@@ -6,21 +6,8 @@ import pytest
 import torch
 
 import selfsup
-from selfsup.artifacts import export_backbone
 from selfsup.cli import main
 from selfsup.eval.api import PROTOCOLS, EvaluationResult, evaluate
-
-
-@pytest.fixture
-def export(tmp_path):
-    """An exported (untrained) convnet_tiny backbone for 16x16 RGB images: no training needed."""
-    torch.manual_seed(0)
-    method = selfsup.build(
-        "simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
-        image_size=16, proj_hidden_dim=16, proj_dim=8,
-    )  # fmt: skip
-    export_backbone(method, tmp_path / "export")
-    return tmp_path / "export"
 
 
 def tiny_run(train, val, out):

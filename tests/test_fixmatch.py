@@ -7,8 +7,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import selfsup
-from selfsup.artifacts import export_backbone
 from selfsup.eval.api import evaluate
 from selfsup.eval.finetune import Classifier, FixMatch, _Trainer
 from selfsup.losses import fixmatch_loss
@@ -82,17 +80,6 @@ def test_a_fixmatch_step_adds_the_unlabelled_term_with_one_forward_pass():
     assert rate == pytest.approx(2 / 3) and mask.sum() == 2
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
-
-
-@pytest.fixture
-def export(tmp_path):
-    torch.manual_seed(0)
-    method = selfsup.build(
-        "simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
-        image_size=16, proj_hidden_dim=16, proj_dim=8,
-    )  # fmt: skip
-    export_backbone(method, tmp_path / "export")
-    return tmp_path / "export"
 
 
 def test_eval_finetune_semi_fixmatch_records_what_it_did(labelled_npz, export):

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_simclr
 from PIL import Image
 
-import selfsup
 from selfsup.artifacts import backbone_metadata
 from selfsup.classifier import ImageClassifier, load_classifier, save_classifier
 from selfsup.cli import main
@@ -20,11 +20,7 @@ CLASSES = ["r", "g", "b"]
 @pytest.fixture
 def saved(tmp_path):
     """A classifier for 16x16 RGB images (tiny convnet, random head) saved in a folder."""
-    torch.manual_seed(0)
-    method = selfsup.build(
-        "simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
-        image_size=16, proj_hidden_dim=16, proj_dim=8,
-    )  # fmt: skip
+    method = tiny_simclr()
     head = torch.nn.Linear(method.backbone.feature_dim, 3)
     spec = {"kind": "linear", "in_dim": method.backbone.feature_dim, "num_classes": 3}
     clf = ImageClassifier(method.backbone, head, metadata=backbone_metadata(method),
@@ -82,19 +78,12 @@ def test_csv_and_json_outputs(saved, folder, tmp_path):
     assert record["summary"]["low_confidence"] == 4 and len(record["predictions"]) == 5
 
 
-def test_array_data_with_labels_and_the_eval_record_as_model(labelled_npz, tmp_path):
-    from selfsup.artifacts import export_backbone
+def test_array_data_with_labels_and_the_eval_record_as_model(labelled_npz, export):
     from selfsup.eval.api import evaluate
 
     train, val = labelled_npz
-    method = selfsup.build(
-        "simclr", backbone="convnet_tiny", backbone_kwargs={"width": 4}, in_channels=3,
-        image_size=16, proj_hidden_dim=16, proj_dim=8,
-    )  # fmt: skip
-    export_backbone(method, tmp_path / "export")
-    evaluation = evaluate(tmp_path / "export", data=str(train), protocol="linear",
-                          test_data=str(val))  # fmt: skip
-    record_path = evaluation.save(tmp_path / "export")
+    evaluation = evaluate(export, data=str(train), protocol="linear", test_data=str(val))
+    record_path = evaluation.save(export)
     result = predict(record_path, str(val))
     assert result.summary["predicted"] == 48 and result.rows[0]["source"] == "0"
     # the same model on the same test split: the record's accuracy

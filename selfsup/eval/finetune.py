@@ -210,7 +210,8 @@ class FinetuneResult:
 
     ``history`` holds (step, val macro-F1) of every evaluation; ``step`` is the chosen one and
     ``epoch`` the same point in passes over the labelled set. With FixMatch, ``mask_rates``
-    holds (step, share of the unlabelled batch above the threshold) at every evaluation.
+    holds (step, mean share of the unlabelled samples above the threshold since the previous
+    evaluation) at every evaluation.
     """
 
     model: Classifier
@@ -467,6 +468,7 @@ class _Trainer:
         eval_at = {round(total * (i + 1) / evaluations) for i in range(evaluations)}
         base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         selection = _Selection()
+        rates: list[float] = []
         task = resolve_progress(progress).task("fine-tune", total, "steps")
         with heap_allocations(device.type == "cpu"):  # freed activations reused, not re-faulted
             for step in range(1, total + 1):
@@ -481,12 +483,15 @@ class _Trainer:
                 mask_rate = self.step(
                     self.augment(train[0][idx].to(device)), train[1][idx].to(device), views
                 )
+                if mask_rate is not None:
+                    rates.append(mask_rate)
                 if step in eval_at:
                     with self.autocast():
                         preds = _logits(self.model, val[0], self.preprocess).argmax(1)
                     selection.record(step, macro_f1(val[1], preds, num_classes), self.model)
-                    if mask_rate is not None:
-                        selection.mask_rates.append((step, mask_rate))
+                    if rates:  # FixMatch: the mean share above the threshold since the last
+                        selection.mask_rates.append((step, sum(rates) / len(rates)))
+                        rates = []
                 task.update(step, selection.status())
         task.close()
         return selection

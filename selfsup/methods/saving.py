@@ -17,7 +17,7 @@ from torch import nn
 
 from selfsup.methods.arguments import marker_type
 from selfsup.methods.base import METHODS, Method
-from selfsup.runtime.files import atomic_save_weights, atomic_write_text
+from selfsup.runtime.files import atomic_save_weights, atomic_write_text, load_weights
 
 WEIGHTS = "method.safetensors"
 CONFIG = "method.json"
@@ -54,9 +54,9 @@ def load_method(path: str | Path, backbone: nn.Module | None = None, **custom: A
             )
         config[key] = value
     method = METHODS.get(name)(**config)
-    try:
-        method.load_state_dict(load_file(str(folder / WEIGHTS)))
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(f"'{folder}': the weights do not fit {name} ({first})") from err
+    load_weights(
+        method,
+        load_file(str(folder / WEIGHTS)),
+        lambda first: ValueError(f"'{folder}': the weights do not fit {name} ({first})"),
+    )
     return method

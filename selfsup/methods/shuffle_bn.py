@@ -72,36 +72,30 @@ def grouped_batch_norm(bn: _BatchNorm, x: Tensor, groups: int) -> Tensor:
     """BatchNorm ``bn`` in training mode on x [N, C, ...] as ``groups`` consecutive sub-batches
     of N / groups samples, each normalised with its own mean and variance.
 
-    The groups become channels: x -> [N/g, g*C, ...] (group s, channel c at s*C + c), one
-    ``F.batch_norm`` with the affine parameters and running statistics repeated g times, back
-    to [N, C, ...]. The running statistics move by the mean of the groups' updates, as MoCo's
-    single-GPU SplitBatchNorm (one update with the groups' mean statistics).
+    The encoder's other layers run once on the whole batch; only the normalisation runs per
+    sub-batch: ``F.batch_norm`` on each slice of the batch dimension (a view in any memory
+    format, channels_last included), joined by one ``torch.cat``. The running statistics move
+    by the mean of the groups' updates, as MoCo's single-GPU SplitBatchNorm (one update with
+    the groups' mean statistics): each group updates its own copy, the copies are averaged.
     """
-    n, c = x.shape[0] // groups, x.shape[1]
-    rest = x.shape[2:]
-    as_channels = x.reshape(groups, n, c, *rest).transpose(0, 1).reshape(n, groups * c, *rest)
-    running_mean = bn.running_mean.repeat(groups) if bn.running_mean is not None else None
-    running_var = bn.running_var.repeat(groups) if bn.running_var is not None else None
     momentum = bn.momentum
     if bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         if momentum is None:  # cumulative moving average
             momentum = 1.0 / float(bn.num_batches_tracked)
-    out = F.batch_norm(
-        as_channels,
-        running_mean,
-        running_var,
-        bn.weight.repeat(groups) if bn.weight is not None else None,
-        bn.bias.repeat(groups) if bn.bias is not None else None,
-        training=True,
-        momentum=0.0 if momentum is None else momentum,
-        eps=bn.eps,
-    )
-    if running_mean is not None and running_var is not None:
+    tracked = bn.running_mean is not None and bn.running_var is not None
+    means = [bn.running_mean.clone() for _ in range(groups)] if tracked else [None] * groups
+    variances = [bn.running_var.clone() for _ in range(groups)] if tracked else [None] * groups
+    parts = [
+        F.batch_norm(part, mean, var, bn.weight, bn.bias, training=True,
+                     momentum=0.0 if momentum is None else momentum, eps=bn.eps)
+        for part, mean, var in zip(x.split(x.shape[0] // groups), means, variances, strict=True)
+    ]  # fmt: skip
+    if tracked:
         with torch.no_grad():
-            bn.running_mean.copy_(running_mean.view(groups, c).mean(0))
-            bn.running_var.copy_(running_var.view(groups, c).mean(0))
-    return out.reshape(n, groups, c, *rest).transpose(0, 1).reshape(x.shape)
+            bn.running_mean.copy_(torch.stack(means).mean(0))
+            bn.running_var.copy_(torch.stack(variances).mean(0))
+    return torch.cat(parts)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,17 @@ def load_checkpoint_file(
             f"'{path}' is not a selfsup checkpoint: it holds a {type(ckpt).__name__}, not a dict"
         )
     return ckpt
+
+
+def load_weights(
+    module: torch.nn.Module, state: dict[str, Any], error: Callable[[str], Exception]
+) -> None:
+    """``module.load_state_dict(state)`` (strict); weights that do not fit raise
+    ``error(<the first line of torch's message>)`` (the caller names the file)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise error(str(err).splitlines()[0]) from None
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
