@@ -206,7 +206,9 @@ def test_eval_commands_print_where_they_wrote_the_json(labelled_npz, tmp_path, c
     capsys.readouterr()
     data = ["--data", str(train), "--test-data", str(val), "--label-fraction", "0.5"]
     assert main(["eval", "linear", str(run), *data]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {run / 'eval_linear_data_f0.5.json'}"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == f"wrote {run / 'eval_linear_data_f0.5.json'}"
+    assert lines[-1].startswith(f"wrote {run / 'eval_linear_data_f0.5_classifier'} (the selected")
     assert (run / "eval_linear_data_f0.5.json").is_file()
     knn = ["--data", str(train), "--query-data", str(val), "--k", "3"]
     assert main(["eval", "knn", str(run), *knn]) == 0
