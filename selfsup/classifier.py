@@ -87,7 +87,7 @@ class ImageClassifier(nn.Module):
                 f"classifier expects uint8 images [N, {expected[0]}, {expected[1]}, "
                 f"{expected[2]}] (its backbone's channels and size), got {tuple(images.shape)}"
             )
-        device = self.temperature.device
+        device = next(self.network.parameters()).device
         return self.head(self.network(self.preprocess(images.to(device)))).float()
 
     @torch.no_grad()

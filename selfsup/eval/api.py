@@ -582,8 +582,9 @@ def _classifier(
     names = splits["train"].class_names or [str(i) for i in range(num_classes)]
     network = fitted.network
     blocks = trunk_spec(list(network.projector)) if isinstance(network, ProjectorTrunk) else []
-    return ImageClassifier(
+    classifier = ImageClassifier(
         network, fitted.head, metadata=trained.meta, class_names=names[:num_classes],
         head_spec=fitted.head_spec, trunk_spec=blocks,
         temperature=record["calibration"]["temperature"], record=_json_record(record),
-    ).eval()  # fmt: skip
+    )  # fmt: skip
+    return classifier.to(next(network.parameters()).device).eval()  # one device, the network's

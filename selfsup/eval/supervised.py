@@ -172,9 +172,12 @@ def _probe_and_test(
     metrics = result.evaluate(feats["test"], test.labels, class_names=test.class_names)
     chosen = {**result.hyperparameters, "weight_decay": result.weight_decay,
               "epoch": result.epoch, "val_macro_f1": result.val_macro_f1}  # fmt: skip
-    head = result.classifier.cpu().eval()
+    head = result.classifier.eval()  # stays on its device, as the backbone
+    device = next(head.parameters()).device
     with torch.no_grad():
-        val_logits, test_logits = (head(feats[role].cpu().float()) for role in ("val", "test"))
+        val_logits, test_logits = (
+            head(feats[role].to(device).float()).cpu() for role in ("val", "test")
+        )
     spec = {"kind": f"{probe}_probe", "in_dim": int(feats["train"].shape[1]),
             "num_classes": num_classes}  # fmt: skip
     if probe == "mlp":
