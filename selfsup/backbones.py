@@ -1,6 +1,8 @@
 """Backbone registry: a name -> an ``nn.Module`` that maps [B, C, H, W] to features [B, D].
 
 Every backbone carries ``feature_dim`` (D) and ``in_channels`` (C) and has no classifier.
+``backbone.feature_map(x)`` gives the last feature map [B, D, h, w] before the global pooling
+(registered backbones and timm conv nets; methods that predict over positions use it).
 
 Names:
 - ``resnet18``, ``resnet34``, ``resnet50``: torchvision ResNets, random init (no downloads).
@@ -33,12 +35,49 @@ class Backbone(nn.Module):
         self.name = name
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_images(x)
+        return self.trunk(x)
+
+    def _check_images(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"backbone '{self.name}' expects images [B, {self.in_channels}, H, W], "
                 f"got shape {tuple(x.shape)}"
             )
-        return self.trunk(x)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last feature map [B, D, h, w] of images ``x`` [B, C, H, W]: what ``forward``
+        pools into [B, D]. Same weights as ``forward``; a user module without a known pooling
+        step is refused with a message naming it."""
+        self._check_images(x)
+        spatial = _spatial_trunk(self.trunk)
+        if spatial is None:
+            raise ValueError(
+                f"backbone '{self.name}' has no known last feature map (its pooling step is not "
+                "a trailing AdaptiveAvgPool2d + Flatten, a torchvision ResNet or a timm model); "
+                "use a registered backbone for methods that need one"
+            )
+        out = spatial(x)
+        if out.ndim != 4 or out.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"backbone '{self.name}': its last feature map has shape {tuple(out.shape)}, "
+                f"not [B, {self.feature_dim}, h, w]"
+            )
+        return out
+
+
+def _spatial_trunk(trunk: nn.Module):
+    """A callable giving ``trunk``'s feature map before its global pooling, or None."""
+    pools = (nn.AdaptiveAvgPool2d, nn.Flatten)
+    if isinstance(trunk, nn.Sequential) and len(trunk) > 2:
+        if isinstance(trunk[-2], pools[0]) and isinstance(trunk[-1], pools[1]):
+            return trunk[:-2]
+    resnet_parts = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    if all(hasattr(trunk, name) for name in resnet_parts) and hasattr(trunk, "avgpool"):
+        return nn.Sequential(*(getattr(trunk, name) for name in resnet_parts))
+    if callable(getattr(trunk, "forward_features", None)):
+        return trunk.forward_features  # timm
+    return None
 
 
 def build_backbone(

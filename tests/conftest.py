@@ -120,3 +120,12 @@ def export(tmp_path: Path) -> Path:
     export_backbone(tiny_simclr(), tmp_path / "export")
     return tmp_path / "export"
 
+
+def sample_fields(method, batch: int) -> dict:
+    """The per-sample fields ``method`` declares (``batch_fields``) for a batch of ``batch``
+    samples 0..batch-1: indices (memory banks) and labels (all unlabelled)."""
+    made = {
+        "indices": torch.arange(batch),
+        "labels": torch.full((batch,), -1, dtype=torch.long),
+    }
+    return {name: made[name] for name in method.batch_fields}

@@ -92,3 +92,27 @@ def test_dino_head_last_layer_norm_fixed():
     assert head(torch.randn(3, 8)).shape == (3, 32)
     g = head.last_layer.parametrizations.weight.original0
     assert not g.requires_grad and torch.all(g == 1)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, size, grid",
+    [("convnet_tiny", {"width": 4}, 16, 2), ("resnet18", {}, 64, 2), ("cifar_resnet18", {}, 16, 2)],
+)
+def test_feature_map_is_what_forward_pools(name, kwargs, size, grid):
+    net = build_backbone(name, 1, **kwargs).eval()
+    x = torch.randn(3, 1, size, size)
+    fmap = net.feature_map(x)
+    assert fmap.shape == (3, net.feature_dim, grid, grid)
+    assert torch.allclose(fmap.mean(dim=(2, 3)), net(x), atol=1e-5)
+
+
+def test_feature_map_of_an_unknown_module_is_refused_by_name():
+    class Pooled(nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    net = build_backbone(Pooled(), 2, feature_dim=2)
+    with pytest.raises(ValueError, match="backbone 'Pooled' has no known last feature map"):
+        net.feature_map(torch.randn(1, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"expects images \[B, 2, H, W\]"):
+        net.feature_map(torch.randn(1, 3, 8, 8))

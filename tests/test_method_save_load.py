@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from selfsup.methods import METHODS, SimCLR, build, load_method, save_method
+from tests.conftest import sample_fields
 
 IMAGE_SIZE = 16
 # small heads so every method builds fast
@@ -61,7 +62,8 @@ def batch(seed: int = 0) -> torch.Tensor:
 def train_a_step(method: nn.Module) -> None:
     """Move weights, BatchNorm statistics, EMA targets, queues and centres off their init."""
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
-    loss = method(batch(1))
+    images = batch(1)
+    loss = method(images, **sample_fields(method, len(images)))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

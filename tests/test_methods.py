@@ -9,6 +9,7 @@ from torch.nn import functional as F
 import selfsup
 from selfsup.methods.base import Method
 from selfsup.runtime.optim import parameter_groups
+from tests.conftest import sample_fields
 
 IMAGE_SIZE = 16
 BATCH = 8
@@ -81,7 +82,7 @@ def test_method_trains_a_few_steps(name):
     optimizer = optimizer_for(method)
     before = [p.detach().clone() for p in method.backbone.parameters()]
     for step in range(3):
-        out = method.training_loss(hand_views(name, seed=step))
+        out = method.training_loss(hand_views(name, seed=step), **sample_fields(method, BATCH))
         assert out.loss.ndim == 0 and torch.isfinite(out.loss), name
         optimizer.zero_grad()
         out.loss.backward()
@@ -95,7 +96,8 @@ def test_method_trains_a_few_steps(name):
     if name != "rotnet":
         assert "collapse_std" in out.logs and 0 < float(out.logs["collapse_std"]) < 2
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = method.training_loss(hand_views(name, seed=9)).loss
+        views = hand_views(name, seed=9)
+        loss = method.training_loss(views, **sample_fields(method, BATCH)).loss
     assert loss.dtype == torch.float32 and torch.isfinite(loss), name
 
 
@@ -107,7 +109,7 @@ def test_default_views_end_to_end_and_embed(name):
     views = method.views(batch)
     assert len(views) == SPECS[name][1]
     assert all(v.shape[0] == BATCH for v in views)
-    loss = method(batch)
+    loss = method(batch, **sample_fields(method, BATCH))
     assert torch.isfinite(loss)
     loss.backward()
     for mode in (True, False):
@@ -129,7 +131,7 @@ def test_momentum_targets_follow_the_ema_rule_and_stay_out_of_the_optimizer(name
         pairs = zip(target.parameters(), online.parameters(), strict=True)
         assert all(torch.equal(t, o) for t, o in pairs)
 
-    out = method.training_loss(hand_views(name))
+    out = method.training_loss(hand_views(name), **sample_fields(method, BATCH))
     optimizer.zero_grad()
     out.loss.backward()
     optimizer.step()
@@ -248,7 +250,7 @@ def test_rotnet_cross_entropy_with_view_index_targets():
 def test_wrong_number_of_views_names_the_method(name):
     method = build(name)
     with pytest.raises(ValueError, match=name):
-        method.training_loss(hand_views(name)[:1])
+        method.training_loss(hand_views(name)[:1], **sample_fields(method, BATCH))
 
 
 def test_registry_lists_all_eight_with_paper_defaults():

@@ -25,6 +25,7 @@ from selfsup.methods import (
     SwAV,
     VICReg,
 )
+from tests.conftest import sample_fields
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -85,7 +86,7 @@ def test_pyssl_readme_loop_trains_every_method(cls):
     before = [p.detach().clone() for p in backbone.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     for images, _ in DataLoader(dataset, batch_size=8, shuffle=True):
-        loss = model(images)
+        loss = model(images, **sample_fields(model, len(images)))
         assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
@@ -97,7 +98,7 @@ def test_pyssl_readme_loop_trains_every_method(cls):
     assert model.encoder(x).shape == (4, encoder_width)
     assert model.feature_dim == FEATURE_SIZE and model.hyperparameters()["feature_size"] == 16
     uint8 = torch.randint(0, 256, (8, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    assert torch.isfinite(model(uint8))
+    assert torch.isfinite(model(uint8, **sample_fields(model, len(uint8))))
 
 
 def test_feature_size_by_keyword_or_attribute_and_a_clear_error_without():

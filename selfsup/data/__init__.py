@@ -20,6 +20,7 @@ from selfsup.data.idx import (
     read_idx,
 )
 from selfsup.data.image_dataset import ImageDataset
+from selfsup.data.indexed import IndexedDataset
 from selfsup.data.loader import BatchLoader, EpochDataLoader, make_dataloader
 from selfsup.data.spec import load_dataset
 from selfsup.data.torch_dataset import as_image_dataset
@@ -39,6 +40,7 @@ __all__ = [
     "BatchLoader",
     "EpochDataLoader",
     "ImageDataset",
+    "IndexedDataset",
     "check_data",
     "format_check",
     "list_image_files",
