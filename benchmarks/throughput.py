@@ -6,7 +6,8 @@
 
 Installs nothing. ``--methods`` (default: simclr, the benchmark of earlier sessions; ``all``:
 every method of ``lightly_recipes.PAIRINGS`` that selfsup registers, the others skipped with a
-note) picks the methods that lightly 1.6 also implements. When
+note) picks the methods that lightly 1.6 also implements; ``unpaired`` (or their names) the
+registered methods lightly lacks, measured on selfsup's side only (images/s, step / bare). When
 ``lightly`` is importable (``pip install -r requirements-bench.txt``) each case and method runs
 up to three recipes, interleaved (A, B, C, A, B, C, ...), on the same generated images (random
 32x32 RGB uint8) with the same backbone module and the same head widths:
@@ -205,11 +206,17 @@ def head_parameters(model: Any) -> int:
 # --- selfsup --------------------------------------------------------------------------------------
 
 
-def build_selfsup(method: str, backbone: Any, size: int) -> Any:
-    """selfsup's ``method`` with its defaults and the head widths of ``PAIRINGS``."""
+def build_selfsup(method: str, backbone: Any, size: int, num_images: int = BATCH) -> Any:
+    """selfsup's ``method`` with its defaults and the head widths of ``PAIRINGS``; a method
+    lightly lacks gets its defaults and, as ``selfsup pretrain`` gives it, its defaults for
+    ``num_images`` training images (``Method.data_defaults``: a memory bank's size)."""
     import selfsup
+    from selfsup.methods import METHODS
 
-    sizes = PAIRINGS[method].sizes(backbone.feature_dim)
+    if method in PAIRINGS:
+        sizes = PAIRINGS[method].sizes(backbone.feature_dim)
+    else:
+        sizes = METHODS.get(method).data_defaults(num_images, BATCH)
     return selfsup.build(method, backbone=backbone, in_channels=3, image_size=size, **sizes)
 
 
@@ -244,7 +251,7 @@ def run_selfsup(
 
     images = generated_images((warmup + steps + 1) * batch, size)
     dataset = ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-    method = build_selfsup(method_name, _backbone(case), size)
+    method = build_selfsup(method_name, _backbone(case), size, len(dataset))
     precision = resolve_precision("auto", device)
     channels_last = resolve_channels_last(None, case.backbone, precision, device)
     if channels_last:
@@ -716,15 +723,29 @@ def choose_recipes(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def choose_methods(requested: list[str] | None) -> tuple[list[str], list[str]]:
-    """(methods to run, notes to print): those of ``requested`` (default: every paired one)
-    that selfsup registers and that take the paired head widths by these names."""
+    """(methods to run, notes to print): those of ``requested`` that selfsup registers
+    (default / ``all``: every one lightly 1.6 also implements; ``unpaired``: every registered
+    one it does not, measured on selfsup's side only) and, where paired, that take the paired
+    head widths by these names."""
     from selfsup.methods import METHODS
     from selfsup.registry import keyword_parameters
 
+    requested = list(requested or ["all"])
+    names: list[str] = []
+    for name in requested:
+        if name == "all":
+            names += list(PAIRINGS)
+        elif name == "unpaired":
+            names += [m for m in METHODS.names() if m not in PAIRINGS]
+        else:
+            names.append(name)
     chosen, notes = [], []
-    for name in list(PAIRINGS) if not requested or "all" in requested else requested:
+    for name in dict.fromkeys(names):
         if name not in METHODS:
             notes.append(f"{name}: skipped, not a registered selfsup method (yet)")
+            continue
+        if name not in PAIRINGS:
+            chosen.append(name)
             continue
         parameters, _ = keyword_parameters(METHODS.get(name))
         unknown = sorted(set(PAIRINGS[name].sizes(512)) - set(parameters))
@@ -736,6 +757,11 @@ def choose_methods(requested: list[str] | None) -> tuple[list[str], list[str]]:
             continue
         chosen.append(name)
     return chosen, notes
+
+
+def recipes_for(method: str, recipes: list[str]) -> list[str]:
+    """The recipes ``method`` runs: lightly's only where lightly implements it."""
+    return recipes if method in PAIRINGS else [r for r in recipes if r == "selfsup"]
 
 
 def native_bf16(device: str) -> bool:
@@ -753,9 +779,9 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=[*PAIRINGS, "all"],
         default=["simclr"],
-        help="'all': every method lightly 1.6 also implements that selfsup registers",
+        help="registered method names; 'all': every method lightly 1.6 also implements that "
+        "selfsup registers; 'unpaired': every registered method lightly lacks (selfsup only)",
     )
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--runs", type=int, default=3, help="timed runs per recipe (>= 3)")
@@ -787,7 +813,7 @@ def main() -> None:
     for case_name in args.cases:
         for method in methods:
             try:
-                results, machine = measure(case_name, method, recipes, args)
+                results, machine = measure(case_name, method, recipes_for(method, recipes), args)
             except RuntimeError as err:  # one method's failure is its row, not the end
                 reason = str(err).strip().splitlines()[-1]
                 rows.append(f"| {CASES[case_name].label} | {method} | failed: {reason} |||||")
@@ -795,7 +821,7 @@ def main() -> None:
                 continue
             rows += table_rows(case_name, method, results)
             details += detail_lines(case_name, method, results)
-            print("\n".join(rows[-len(recipes):]), file=sys.stderr, flush=True)
+            print("\n".join(rows[-len(results) :]), file=sys.stderr, flush=True)
     print(TABLE_HEADER)
     print("\n".join(rows))
     print()

@@ -163,6 +163,7 @@ def _load_throughput():
 
 throughput = _load_throughput()
 PAIRED = list(throughput.PAIRINGS)
+UNPAIRED = [m for m in METHODS.names() if m not in PAIRED]  # selfsup's side only
 TINY = throughput.Case("tiny test", "convnet_tiny", 1, 1, 1, backbone_kwargs={"width": 4})
 SIZE = 16  # DINO's and SwAV's local crops: 8 px
 BATCH = 8
@@ -173,6 +174,7 @@ EXPECTED_PASSES = {
     "byol": "fwd+bwd 16x16px, fwd 16x16px",
     "fastsiam": "fwd+bwd 32x16px",
     "dino": "fwd+bwd 16x16px, fwd+bwd 48x8px, fwd 16x16px",
+    "rotnet": "fwd+bwd 32x16px",
 }
 
 
@@ -182,7 +184,7 @@ def _registered(method: str) -> None:
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("method", PAIRED)
+@pytest.mark.parametrize("method", PAIRED + UNPAIRED)
 def test_selfsup_recipe_runs(method):
     _registered(method)
     result = throughput.run_selfsup(
@@ -254,3 +256,12 @@ def test_methods_not_registered_or_not_taking_the_widths_are_skipped(monkeypatch
     assert chosen == ["simclr"]
     assert "not_a_method: skipped, not a registered" in notes[0]
     assert "byol: skipped, selfsup's byol takes no projection_width" in notes[1]
+
+
+def test_unpaired_methods_run_on_selfsups_side_only():
+    chosen, notes = throughput.choose_methods(["unpaired", "rotnet", "simclr"])
+    assert chosen[: len(UNPAIRED)] == UNPAIRED and chosen[-1] == "simclr" and not notes
+    assert "rotnet" in UNPAIRED and chosen.count("rotnet") == 1
+    recipes = ["selfsup", "lightly-fp32"]
+    assert throughput.recipes_for("rotnet", recipes) == ["selfsup"]
+    assert throughput.recipes_for("simclr", recipes) == recipes
