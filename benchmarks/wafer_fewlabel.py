@@ -149,8 +149,17 @@ def finetune_rows(
                 "step": result.step,
                 "epoch": result.epoch,
                 "val_macro_f1": result.val_macro_f1,
-                **({} if semi is None else {"semi": {"method": "fixmatch", **semi.settings(),
-                                                     "mask_rate": result.mask_rates}}),
+                **(
+                    {}
+                    if semi is None
+                    else {
+                        "semi": {
+                            "method": "fixmatch",
+                            **semi.settings(),
+                            "mask_rate": result.mask_rates,
+                        }
+                    }
+                ),
             },  # fmt: skip
             "seconds": time.perf_counter() - start,
         }

@@ -29,7 +29,10 @@ def backbone_metadata(method: Any) -> dict[str, Any]:
     views = method.views
     return {
         "name": method.backbone.name,
-        "backbone_kwargs": kwargs.get("backbone_kwargs") or {},
+        # a composite (CMC's channel_split) knows the keywords that rebuild it, not the method's
+        "backbone_kwargs": getattr(method.backbone, "build_kwargs", None)
+        or kwargs.get("backbone_kwargs")
+        or {},
         "in_channels": method.in_channels,  # of the data the views take
         "backbone_in_channels": method.backbone.in_channels,
         "wafer_encoding": getattr(views, "encoding", "codes"),

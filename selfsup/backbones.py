@@ -11,15 +11,20 @@ Names:
 - ``convnet_tiny`` and ``convnet_small``: 4-stage conv nets for 28-64 px inputs (wafer maps,
   Fashion-MNIST); ``width`` scales the channels.
 - ``timm/<model>``: any timm model (``pip install timm``), built with ``num_classes=0``.
+- ``channel_split``: one trunk (any name above) per group of input channels, features
+  concatenated; ``convert="lab"`` turns RGB into L*a*b* first (CMC's L and ab encoders).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from selfsup.registry import Registry
+from selfsup.views.color import LAB_RANGES, rgb_to_lab
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
 
@@ -226,3 +231,152 @@ def _timm_backbone(model_name: str, in_channels: int, **kwargs: Any) -> Backbone
     except RuntimeError as err:
         raise ValueError(f"timm does not know the model '{model_name}': {err}") from err
     return Backbone(net, int(net.num_features), in_channels, f"timm/{model_name}")
+
+
+# --- one trunk per channel group (CMC) ------------------------------------------------------------
+
+CHANNEL_CONVERSIONS = (None, "lab")
+
+
+class ChannelSplit(Backbone):
+    """One trunk per group of input channels, their features concatenated: [B, D1 + ... + Dn].
+
+    ``groups[i]``: the input channels trunk i reads, in order (e.g. [[0], [1, 2]]: L and ab;
+    groups may overlap: [[0], [0]] gives two trunks of a grey image). ``convert="lab"``: the
+    input is RGB normalised with ``rgb_mean`` / ``rgb_std`` (as the views give it; None: RGB in
+    [0, 1]); it is un-normalised, turned into L*a*b* (``views.color.rgb_to_lab``) and each of
+    L, a, b scaled from its ``LAB_RANGES`` to [-1, 1] (CMC's code) before the split.
+    ``split_forward(x)`` gives the trunks' features one by one (CMC contrasts them);
+    ``split_forward([x1, x2])`` feeds trunk i its own image. ``build_kwargs``: the keywords of
+    the registered "channel_split" that rebuild it (None for a user's module), which
+    ``artifacts.export_backbone`` writes to backbone.json.
+    """
+
+    def __init__(
+        self,
+        trunks: Sequence[Backbone],
+        groups: Sequence[Sequence[int]],
+        in_channels: int,
+        *,
+        convert: str | None = None,
+        rgb_mean: Sequence[float] | None = None,
+        rgb_std: Sequence[float] | None = None,
+        name: str = "channel_split",
+        build_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        groups = [[int(c) for c in group] for group in groups]
+        _check_groups(groups, in_channels, len(trunks), convert)
+        for trunk, group in zip(trunks, groups, strict=True):
+            if trunk.in_channels != len(group):
+                raise ValueError(
+                    f"channel_split: trunk '{trunk.name}' takes {trunk.in_channels} channel(s), "
+                    f"but its group {group} has {len(group)}"
+                )
+        feature_dim = sum(trunk.feature_dim for trunk in trunks)
+        super().__init__(nn.ModuleList(trunks), feature_dim, in_channels, name)
+        self.groups = groups
+        self.convert = convert
+        self.rgb_mean = tuple(float(m) for m in rgb_mean) if rgb_mean is not None else None
+        self.rgb_std = tuple(float(s) for s in rgb_std) if rgb_std is not None else None
+        self.build_kwargs = build_kwargs
+
+    def model_input(self, x: Tensor) -> Tensor:
+        """The images the groups index: ``x`` itself, or its L*a*b* scaled to [-1, 1]."""
+        if self.convert != "lab":
+            return x
+        if self.rgb_std is not None:
+            x = x.float() * x.new_tensor(self.rgb_std).view(1, -1, 1, 1)
+        if self.rgb_mean is not None:
+            x = x.float() + x.new_tensor(self.rgb_mean).view(1, -1, 1, 1)
+        lab = rgb_to_lab(x)
+        low = lab.new_tensor([r[0] for r in LAB_RANGES]).view(1, 3, 1, 1)
+        high = lab.new_tensor([r[1] for r in LAB_RANGES]).view(1, 3, 1, 1)
+        return ((lab - low) / (high - low) * 2 - 1).to(x.dtype)
+
+    def _parts(self, x: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        images = [x] * len(self.groups) if isinstance(x, Tensor) else list(x)
+        if len(images) != len(self.groups):
+            raise ValueError(
+                f"backbone '{self.name}' has {len(self.groups)} trunks, got {len(images)} images"
+            )
+        for image in images:
+            self._check_images(image)
+        converted: dict[int, Tensor] = {}  # one conversion per distinct image
+        parts = []
+        for image, group in zip(images, self.groups, strict=True):
+            model_input = converted.setdefault(id(image), self.model_input(image))
+            parts.append(_select_channels(model_input, group))
+        return parts
+
+    def split_forward(self, x: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        """Each trunk's features [B, D_i] of ``x`` (or of its own image, ``x[i]``)."""
+        return [trunk(part) for trunk, part in zip(self.trunk, self._parts(x), strict=True)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat(self.split_forward(x), dim=1)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The trunks' last feature maps concatenated over channels: [B, D1 + ... + Dn, h, w]."""
+        parts = self._parts(x)
+        return torch.cat([t.feature_map(p) for t, p in zip(self.trunk, parts, strict=True)], 1)
+
+
+def _check_groups(
+    groups: list[list[int]], in_channels: int, trunks: int, convert: str | None
+) -> None:
+    if convert not in CHANNEL_CONVERSIONS:
+        raise ValueError(
+            f"channel_split: convert must be one of {CHANNEL_CONVERSIONS}, got {convert!r}"
+        )
+    if convert == "lab" and in_channels != 3:
+        raise ValueError(
+            f"channel_split: convert='lab' needs RGB input (in_channels=3), got {in_channels}"
+        )
+    if not groups or len(groups) != trunks or any(not group for group in groups):
+        raise ValueError(
+            f"channel_split: groups must be one non-empty channel list per trunk, got {groups}"
+        )
+    bad = sorted({c for group in groups for c in group if not 0 <= c < in_channels})
+    if bad:
+        raise ValueError(
+            f"channel_split: groups {groups} name channel(s) {bad}, outside 0..{in_channels - 1}"
+        )
+
+
+def _select_channels(x: Tensor, group: list[int]) -> Tensor:
+    if group == list(range(group[0], group[0] + len(group))):
+        return x if len(group) == x.shape[1] else x[:, group[0] : group[0] + len(group)]
+    return x[:, group]
+
+
+@BACKBONES.register("channel_split")
+def channel_split(
+    in_channels: int = 3,
+    trunk: str = "resnet18",
+    groups: Sequence[Sequence[int]] | None = None,
+    trunk_kwargs: dict[str, Any] | None = None,
+    convert: str | None = None,
+    rgb_mean: Sequence[float] | None = None,
+    rgb_std: Sequence[float] | None = None,
+) -> ChannelSplit:
+    """A registered ``trunk`` (built with ``trunk_kwargs``) per channel group, separate weights
+    (``ChannelSplit``). ``groups`` default: the first channel against the others (L against
+    ab), two trunks of the same channel for 1-channel input."""
+    if groups is None:
+        groups = [[0], list(range(1, in_channels))] if in_channels > 1 else [[0], [0]]
+    groups = [[int(c) for c in group] for group in groups]
+    _check_groups(groups, in_channels, len(groups), convert)
+    trunk_kwargs = dict(trunk_kwargs or {})
+    trunks = [build_backbone(trunk, len(group), **trunk_kwargs) for group in groups]
+    build_kwargs = {
+        "trunk": trunk,
+        "groups": groups,
+        "trunk_kwargs": trunk_kwargs,
+        "convert": convert,
+        "rgb_mean": None if rgb_mean is None else [float(m) for m in rgb_mean],
+        "rgb_std": None if rgb_std is None else [float(s) for s in rgb_std],
+    }
+    return ChannelSplit(
+        trunks, groups, in_channels, convert=convert, rgb_mean=rgb_mean, rgb_std=rgb_std,
+        build_kwargs=build_kwargs,
+    )  # fmt: skip

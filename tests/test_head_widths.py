@@ -69,4 +69,8 @@ def test_methods_listing_shows_what_pretrain_uses(capsys):
     assert "backbone convnet_small" in first and "image_size 32" in first
     assert "resnet18" not in out and "224" not in out
     assert "barlow_twins: proj_hidden_dim=8192" in out
-    assert "on convnet_small: 256-d features; proj_hidden_dim=2048, proj_dim=2048" in out
+    assert (
+        "on convnet_small, 50,000 images: 256-d features; proj_hidden_dim=2048, proj_dim=2048"
+        in out
+    )
+    assert "exemplar: " in out and "num_samples=None" in out  # filled from the data by pretrain

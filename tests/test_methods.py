@@ -28,10 +28,16 @@ SPECS = {
     "barlow_twins": (dict(proj_hidden_dim=16, proj_dim=8), 2),
     "dino": (dict(out_dim=32, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=2), 4),
     "rotnet": ({}, 4),
+    "jigsaw": (dict(tile_dim=8, hidden_dim=16), 1),
+    "pirl": (dict(proj_dim=8, num_samples=32, num_negatives=16), 2),
+    "cpc": (dict(target_dim=8, context_hidden_dim=16, context_blocks=2), 1),
     "supcon": (dict(proj_hidden_dim=16, proj_dim=8), 2),
     "nnclr": (dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=64), 2),
     "vicreg": (dict(proj_hidden_dim=16, proj_dim=8), 2),
+    "cmc": (dict(proj_dim=8, num_samples=32, num_negatives=16), 1),
     "swav": (dict(proj_hidden_dim=16, proj_dim=8, num_prototypes=10, num_local_crops=2), 4),
+    "instdisc": (dict(proj_dim=8, num_samples=32, num_negatives=16), 1),
+    "exemplar": (dict(proj_dim=8, num_samples=32), 2),
 }
 # momentum methods: (target attribute, online attribute) pairs
 TARGETS = {
@@ -250,7 +256,9 @@ def test_rotnet_cross_entropy_with_view_index_targets():
 def test_wrong_number_of_views_names_the_method(name):
     method = build(name)
     with pytest.raises(ValueError, match=name):
-        method.training_loss(hand_views(name)[:1], **sample_fields(method, BATCH))
+        views = hand_views(name)
+        wrong = views[:1] if len(views) > 1 else views * 2  # 1-view methods: 2 views
+        method.training_loss(wrong, **sample_fields(method, BATCH))
 
 
 def test_registry_lists_all_eight_with_paper_defaults():

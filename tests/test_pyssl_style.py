@@ -8,12 +8,18 @@ from torch.utils.data import DataLoader
 
 from selfsup.methods import (
     BYOL,
+    CMC,
+    CPC,
     DCL,
     DCLW,
     DINO,
     NNCLR,
+    PIRL,
     BarlowTwins,
+    Exemplar,
     FastSiam,
+    InstDisc,
+    Jigsaw,
     MoCoV1,
     MoCoV2,
     MoCoV3,
@@ -47,11 +53,20 @@ CLASSES = {
     BarlowTwins: (dict(proj_hidden_dim=32, proj_dim=8), 8),
     DINO: (dict(out_dim=32, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=2), 32),
     RotNet: ({}, 4),
+    Jigsaw: (dict(tile_dim=8, hidden_dim=16), 8),
+    PIRL: (dict(proj_dim=8, num_samples=32, num_negatives=16), 8),
+    CPC: (dict(target_dim=8, context_hidden_dim=16, context_blocks=2), 8),
     SupCon: (dict(proj_hidden_dim=32, proj_dim=8), 8),
     NNCLR: (dict(proj_hidden_dim=32, proj_dim=8, pred_hidden_dim=16, queue_size=64), 8),
     VICReg: (dict(proj_hidden_dim=32, proj_dim=8), 8),
+    CMC: (dict(proj_dim=8, num_samples=32, num_negatives=16), 16),
     SwAV: (dict(proj_hidden_dim=32, proj_dim=8, num_prototypes=10, num_local_crops=2), 8),
+    InstDisc: (dict(proj_dim=8, num_samples=32, num_negatives=16), 8),
+    Exemplar: (dict(proj_dim=8, num_samples=32), 8),
 }
+
+# backbone features where the backbone is more than your module (CMC: it and a copy)
+BACKBONE_FEATURES = {CMC: 2 * FEATURE_SIZE}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,9 +109,10 @@ def test_pyssl_readme_loop_trains_every_method(cls):
     assert any(not torch.equal(b, p) for b, p in zip(before, backbone.parameters(), strict=True))
 
     x = torch.rand(4, 3, IMAGE_SIZE, IMAGE_SIZE)
-    assert model.backbone(x).shape == (4, FEATURE_SIZE)
+    features = BACKBONE_FEATURES.get(cls, FEATURE_SIZE)
+    assert model.backbone(x).shape == (4, features)
     assert model.encoder(x).shape == (4, encoder_width)
-    assert model.feature_dim == FEATURE_SIZE and model.hyperparameters()["feature_size"] == 16
+    assert model.feature_dim == features and model.hyperparameters()["feature_size"] == 16
     uint8 = torch.randint(0, 256, (8, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     assert torch.isfinite(model(uint8, **sample_fields(model, len(uint8))))
 

@@ -24,6 +24,12 @@ HEADS = {
     "barlow_twins": dict(proj_hidden_dim=16, proj_dim=8),
     "dino": dict(out_dim=32, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=2),
     "rotnet": {},
+    "jigsaw": dict(tile_dim=8, hidden_dim=16),
+    "pirl": dict(proj_dim=8, num_negatives=16),
+    "cpc": dict(target_dim=8, context_hidden_dim=16, context_blocks=2),
+    "cmc": dict(proj_dim=8, num_negatives=16),  # two half-width encoders: 16 + 16 features
+    "instdisc": dict(proj_dim=8, num_negatives=16),
+    "exemplar": dict(proj_dim=8),
 }
 TINY_RUN = dict(epochs=1, batch_size=16, precision="32-true", progress_bar=False)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# the training-set size the listing builds for (memory banks and queues follow the data)
+LISTED_IMAGES = 50_000
+
 
 def cmd_methods(args: argparse.Namespace) -> int:
     """The defaults ``selfsup pretrain`` uses, then every method's own hyper-parameters and the
@@ -29,7 +32,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name, defaults in list_methods().items():
         shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items() if k not in base)
         print(f"{name}: {shown}")
-        print(f"  on {cfg.backbone}: {_head_widths(name, cfg)}")
+        print(f"  on {cfg.backbone}, {LISTED_IMAGES:,} images: {_head_widths(name, cfg)}")
         optimizer = METHODS.get(name).optimizer_defaults
         if optimizer:
             print("  trains with: " + ", ".join(f"{k}={v}" for k, v in optimizer.items()))
@@ -41,13 +44,14 @@ def _head_widths(name: str, cfg: Any) -> str:
     meta device: shapes only, no memory)."""
     import torch
 
-    from selfsup.methods import build
+    from selfsup.methods import METHODS, build
 
+    data_defaults = METHODS.get(name).data_defaults(LISTED_IMAGES, cfg.batch_size)
     with torch.device("meta"):
         method = build(
             name, backbone=cfg.backbone, image_size=cfg.image_size,
             in_channels=cfg.in_channels or 3, backbone_kwargs=dict(cfg.backbone_kwargs),
-            **cfg.method_kwargs,
+            **{**data_defaults, **cfg.method_kwargs},
         )  # fmt: skip
     widths = {k: v for k, v in method.hyperparameters().items() if k.endswith("_dim") and v}
     shown = ", ".join(f"{k}={v}" for k, v in widths.items())

@@ -1,6 +1,7 @@
 """Losses as pure functions of embeddings; each one is DDP-correct (see ``distributed``)."""
 
 from selfsup.losses.barlow_twins import barlow_twins_loss
+from selfsup.losses.cpc import cpc_infonce, cpc_infonce_with_accuracy
 from selfsup.losses.dcl import dcl_loss, vmf_weights
 from selfsup.losses.dino import dino_loss, update_center
 from selfsup.losses.fixmatch import fixmatch_loss
@@ -16,6 +17,8 @@ from selfsup.losses.vicreg import vicreg_loss, vicreg_terms
 __all__ = [
     "barlow_twins_loss",
     "byol_loss",
+    "cpc_infonce",
+    "cpc_infonce_with_accuracy",
     "dcl_loss",
     "dino_loss",
     "fixmatch_loss",

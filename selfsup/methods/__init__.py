@@ -15,13 +15,19 @@ from typing import Any
 from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.base import METHODS, LossOutput, Method, register
 from selfsup.methods.byol import BYOL
+from selfsup.methods.cmc import CMC
+from selfsup.methods.cpc import CPC
 from selfsup.methods.dcl import DCL, DCLW
 from selfsup.methods.dino import DINO
+from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.fastsiam import FastSiam
+from selfsup.methods.instdisc import InstDisc
+from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mocov1 import MoCoV1
 from selfsup.methods.mocov2 import MoCoV2
 from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.nnclr import NNCLR
+from selfsup.methods.pirl import PIRL
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.saving import load_method, save_method
 from selfsup.methods.simclr import SimCLR
@@ -54,18 +60,24 @@ def list_methods() -> dict[str, dict[str, Any]]:
 
 __all__ = [
     "BYOL",
+    "CMC",
+    "CPC",
     "DCL",
     "DCLW",
     "DINO",
     "METHODS",
     "BarlowTwins",
+    "Exemplar",
     "FastSiam",
+    "InstDisc",
+    "Jigsaw",
     "LossOutput",
     "Method",
     "MoCoV1",
     "MoCoV2",
     "MoCoV3",
     "NNCLR",
+    "PIRL",
     "RotNet",
     "SimCLR",
     "SimCLRV2",

@@ -35,6 +35,7 @@ from selfsup.views.paper_recipes import (  # importing it registers the papers' 
     FASTSIAM_VIEWS,
     NUM_GLOBAL_CROPS,
 )
+from selfsup.views.patches import augment_patches, extract_patches  # registers "cpc"
 from selfsup.views.recipes import (
     NUM_ROTATIONS,
     VIEW_RECIPES,
@@ -63,9 +64,11 @@ __all__ = [
     "adjust_hue",
     "adjust_saturation",
     "apply_color_jitter",
+    "augment_patches",
     "color_jitter",
     "die_flip_noise",
     "encode_codes",
+    "extract_patches",
     "gaussian_blur",
     "hsv_to_rgb",
     "make_views",

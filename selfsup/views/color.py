@@ -107,6 +107,45 @@ def hsv_to_rgb(x: Tensor) -> Tensor:
     return _rgb_from_hue6(6 * h, v, v * s)
 
 
+# sRGB primaries (IEC 61966-2-1): linear RGB -> CIE XYZ, and the D65 white point (X, Y, Z)
+SRGB_TO_XYZ = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
+D65_WHITE = (0.95047, 1.0, 1.08883)
+# L, a, b over the sRGB gamut (CMC's code scales each to [-1, 1] with them)
+LAB_RANGES = ((0.0, 100.0), (-86.183, 98.233), (-107.857, 94.478))
+
+
+def rgb_to_lab(x: Tensor) -> Tensor:
+    """sRGB [B, 3, H, W] in [0, 1] -> CIE L*a*b* [B, 3, H, W] (D65 white; L in [0, 100], a and
+    b within ``LAB_RANGES``), in float32, as ``skimage.color.rgb2lab`` (which CMC's code uses):
+        linear c = c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4   (sRGB decoding)
+        (X, Y, Z) = SRGB_TO_XYZ @ linear, divided by the white D65_WHITE
+        f(t) = t ** (1/3) if t > (6/29) ** 3 else t / (3 (6/29) ** 2) + 4/29
+        L = 116 f(Y) - 16,   a = 500 (f(X) - f(Y)),   b = 200 (f(Y) - f(Z)).
+    White gives (100, 0, 0), pure red about (53.24, 80.09, 67.20). Values outside [0, 1] are
+    clamped first (bilinear resizing can overshoot a little).
+    """
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"rgb_to_lab needs RGB images [B, 3, H, W], got {tuple(x.shape)}")
+    rgb = x.float().clamp(0, 1)
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055).pow(2.4))
+    # three weighted sums per row, not a matmul: autocast would run a matmul in half precision
+    r, g, b = linear[:, 0:1], linear[:, 1:2], linear[:, 2:3]
+    xyz = [
+        (r * m[0] + g * m[1] + b * m[2]) / white
+        for m, white in zip(SRGB_TO_XYZ, D65_WHITE, strict=True)
+    ]
+    delta = 6 / 29
+    fx, fy, fz = (
+        torch.where(t > delta**3, t.clamp_min(delta**3).pow(1 / 3), t / (3 * delta**2) + 4 / 29)
+        for t in xyz
+    )
+    return torch.cat([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], 1)
+
+
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """Shift H in HSV by ``shift`` [B] (fraction of the colour circle, wraps around), keeping
     S and V: the same as hsv_to_rgb(H + shift, S, V) without forming S. RGB only."""

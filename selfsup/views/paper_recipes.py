@@ -117,6 +117,15 @@ def mocov1(style: str, image_size: int) -> RecipeParts:
     return RecipeParts(defaults, lambda p, s: _natural_views(p, s, 2))
 
 
+@VIEW_RECIPES.register("instdisc")
+def instdisc(style: str, image_size: int) -> RecipeParts:
+    """Instance discrimination (Wu et al. 2018, the official lemniscate code): MoCo v1's
+    pipeline (MoCo follows it), ``num_views`` (1) view per image. Wafer maps: as simclr."""
+    views = _wafer_views if style == "wafer" else _natural_views
+    defaults = {**mocov1(style, image_size).defaults, "num_views": 1}
+    return RecipeParts(defaults, lambda p, s: views(p, s, _count(p, "num_views", 1)))
+
+
 @VIEW_RECIPES.register("mocov2")
 def mocov2(style: str, image_size: int) -> RecipeParts:
     """MoCo v2 (Chen et al. 2020, the official ``main_moco.py --aug-plus``): SimCLR's views with
@@ -209,6 +218,19 @@ def dino(style: str, image_size: int) -> RecipeParts:
     return _dino_wafer() if style == "wafer" else _dino_natural(image_size)
 
 
+@VIEW_RECIPES.register("cmc")
+def cmc(style: str, image_size: int) -> RecipeParts:
+    """CMC (Tian et al. 2020, their code's ImageNet transform): ``num_views`` (1) random resized
+    crops of scale 0.08-1 with flips and no colour operations (the method splits each view's
+    channels, L from ab: a colour jitter would change what one channel says about the other).
+    Wafer maps: the wafer operations, as simclr."""
+    views = _wafer_views if style == "wafer" else _natural_views
+    defaults = {**simclr(style, image_size).defaults, "num_views": 1}
+    if style == "natural":
+        defaults.update(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    return RecipeParts(defaults, lambda p, s: views(p, s, _count(p, "num_views", 1)))
+
+
 @VIEW_RECIPES.register("rotnet")
 def rotnet(style: str, image_size: int) -> RecipeParts:
     """RotNet (Gidaris et al. 2018): the rotation is the label, so one base view (crop 0.5-1 and
@@ -232,3 +254,38 @@ def rotnet(style: str, image_size: int) -> RecipeParts:
     return RecipeParts(
         defaults, lambda p, s: _natural_views(p, s, 1), rotations=True, refused=refused
     )
+
+
+@VIEW_RECIPES.register("jigsaw")
+def jigsaw(style: str, image_size: int) -> RecipeParts:
+    """Jigsaw (Noroozi & Favaro 2016): one view per image that the method cuts into its puzzle
+    (``selfsup.views.jigsaw``). Crop 0.6-1 and flip; against chromatic aberration grayscale
+    with p 0.3, no colour jitter (the method normalises every tile on its own and shifts its
+    colour channels). Wafer maps: turns, flips and die noise."""
+    if style == "wafer":
+        return RecipeParts(_wafer_defaults(), lambda p, s: _wafer_views(p, s, 1))
+    defaults = {
+        **_simclr_defaults(image_size),
+        "crop_scale": (0.6, 1.0),
+        "jitter_p": 0.0,
+        "grayscale_p": 0.3,
+        "blur_p": 0.0,
+    }
+    return RecipeParts(defaults, lambda p, s: _natural_views(p, s, 1))
+
+
+@VIEW_RECIPES.register("pirl")
+def pirl(style: str, image_size: int) -> RecipeParts:
+    """PIRL (Misra & van der Maaten 2020; the official VISSL config): 2 views of one image, the
+    image I (crop ``crop_scale`` 0.08-1) and the base of its jigsaw transform I^t (crop
+    ``jigsaw_crop_scale`` 0.6-1, cut into tiles by the method), both with SimCLR's flip, colour
+    jitter and grayscale, no blur. Wafer maps: as simclr."""
+    if style == "wafer":
+        return simclr(style, image_size)
+    defaults = {**_simclr_defaults(image_size), "blur_p": 0.0, "jigsaw_crop_scale": (0.6, 1.0)}
+
+    def build(p: Params, size: int) -> list[View]:
+        transformed = {**p, "crop_scale": p["jigsaw_crop_scale"]}
+        return _natural_views(p, size, 1) + _natural_views(transformed, size, 1)
+
+    return RecipeParts(defaults, build)
