@@ -347,7 +347,15 @@ def backbone_calls(method: Any, views: list[Any], bf16: bool) -> list[tuple[Any,
     def record(module: Any, args: tuple[Any, ...]) -> None:
         calls.append((module, args[0].detach(), torch.is_grad_enabled()))
 
-    backbones = [m for m in method.modules() if isinstance(m, type(method.backbone))]
+    from selfsup.backbones import Backbone
+
+    # the innermost backbones: a composite (CMC's channel_split) runs its trunks one by one
+    backbones = [
+        m
+        for m in method.modules()
+        if isinstance(m, Backbone)
+        and not any(isinstance(c, Backbone) for c in list(m.modules())[1:])
+    ]
     hooks = [m.register_forward_pre_hook(record) for m in backbones]
     device = views[0].device
     fields = {k: v.to(device) for k, v in sample_fields(method, views[0].shape[0]).items()}
@@ -390,6 +398,11 @@ def bare_backbone_step(
     bf16 = precision == "bf16-mixed"
     method.train()
     passes = bare_passes(backbone_calls(method, views, bf16))
+    if not passes:
+        raise ValueError(
+            f"{method.method_name} makes no backbone forward pass (it reads feature maps or "
+            "visible tokens): its step / bare ratio is not measured here"
+        )
     if channels_last:
         passes = [(m, x.contiguous(memory_format=torch.channels_last), g) for m, x, g in passes]
     times = []

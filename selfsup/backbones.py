@@ -10,6 +10,9 @@ Names:
   SimCLR's CIFAR experiments; ``cifar_resnet18`` etc. are shortcuts.
 - ``convnet_tiny`` and ``convnet_small``: 4-stage conv nets for 28-64 px inputs (wafer maps,
   Fashion-MNIST); ``width`` scales the channels.
+- ``vit_tiny``, ``vit_small``, ``vit_base``: torchvision Vision Transformers
+  (``selfsup.vit``); ``image_size`` (the position embedding's; methods pass theirs),
+  ``patch_size``, ``pooling`` ("cls" or "mean"), ``depth``, ``width``, ``heads``, ``mlp_dim``.
 - ``timm/<model>``: any timm model (``pip install timm``), built with ``num_classes=0``.
 - ``channel_split``: one trunk (any name above) per group of input channels, features
   concatenated; ``convert="lab"`` turns RGB into L*a*b* first (CMC's L and ab encoders).
@@ -17,6 +20,7 @@ Names:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 
 from selfsup.registry import Registry
 from selfsup.views.color import LAB_RANGES, rgb_to_lab
+from selfsup.vit import VIT_BUILDERS
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
 
@@ -80,6 +85,8 @@ def _spatial_trunk(trunk: nn.Module):
     resnet_parts = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     if all(hasattr(trunk, name) for name in resnet_parts) and hasattr(trunk, "avgpool"):
         return nn.Sequential(*(getattr(trunk, name) for name in resnet_parts))
+    if callable(getattr(trunk, "feature_map", None)):
+        return trunk.feature_map  # a trunk that knows its own (ViT: the patch tokens)
     if callable(getattr(trunk, "forward_features", None)):
         return trunk.forward_features  # timm
     return None
@@ -212,6 +219,23 @@ def convnet_small(in_channels: int = 3, width: int = 32) -> Backbone:
     """8 conv layers (two per stage; widths w, 2w, 4w, 8w), BN + ReLU, global average pool."""
     widths = (width, 2 * width, 4 * width, 8 * width)
     return _small_convnet(in_channels, widths, convs_per_stage=2, name="convnet_small")
+
+
+# --- Vision Transformers (selfsup/vit.py) ---------------------------------------------------------
+
+
+def _register_vit(name: str) -> None:
+    @BACKBONES.register(name)
+    @functools.wraps(VIT_BUILDERS[name])  # its keywords: `selfsup backbones`, kwargs checks
+    def build(in_channels: int = 3, **kwargs: Any) -> Backbone:
+        trunk = VIT_BUILDERS[name](in_channels=in_channels, **kwargs)
+        backbone = Backbone(trunk, trunk.feature_dim, in_channels, name)
+        backbone.build_kwargs = trunk.build_kwargs  # written to backbone.json on export
+        return backbone
+
+
+for _name in VIT_BUILDERS:
+    _register_vit(_name)
 
 
 # --- timm -----------------------------------------------------------------------------------------

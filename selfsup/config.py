@@ -132,6 +132,11 @@ def _positive_ks(ks: list[int]) -> str | None:
     return None if ks and min(ks) >= 1 else "must be a non-empty list of integers >= 1"
 
 
+def _betas(betas: list[float]) -> str | None:
+    fits = len(betas) == 2 and all(0 <= b < 1 for b in betas)
+    return None if fits else "must be 2 values in [0, 1)"
+
+
 def checked(default: Any = dataclasses.MISSING, rule: Rule | None = None, **kw: Any) -> Any:
     """A dataclass field whose values must also pass ``rule`` once their type is right
     (``None`` skips the rule where the type allows it)."""
@@ -168,13 +173,15 @@ class PretrainConfig:
     # max(steps / total steps, minutes / max_minutes) and training stops when either ends
     max_minutes: float | None = checked(None, above(0))
     batch_size: int = checked(256, at_least(1))  # >= 1, per device
-    optimizer: str = checked("sgd", one_of(_optimizers))  # sgd | lars | adamw (runtime/optim.py)
+    optimizer: str = checked("sgd", one_of(_optimizers))  # sgd | lars | adam | adamw (optim.py)
     lr: float = checked(0.06, above(0))  # > 0, base learning rate for batch 256 (see lr_scaling)
     # linear (lr * B/256) | sqrt (lr * sqrt(B/256)) | none (runtime/optim.py scaled_lr)
     lr_scaling: str = checked("linear", _known_lr_scaling)
     weight_decay: float = checked(5e-4, at_least(0))  # >= 0
     # [0, 1): SGD/LARS momentum (AdamW ignores it); at 1 and above old gradients never fade
     sgd_momentum: float = checked(0.9, within(0, 1))
+    # [beta1, beta2] of adam / adamw, each in [0, 1) (GANs: beta1 0.5, Radford et al. 2016)
+    adam_betas: list[float] = checked(rule=_betas, default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = checked(0.5, at_least(0))  # >= 0
     # auto | bf16-mixed | 16-mixed | 32-true | 32 (runtime/precision.py PRECISIONS)
     precision: str = checked("auto", one_of(_precisions))

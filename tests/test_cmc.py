@@ -78,6 +78,8 @@ def test_loss_is_each_view_against_the_other_views_bank_and_both_banks_move(kind
         f1, f2 = method.backbone.split_forward(view)
         z1 = F.normalize(method.projector.layers[0](f1), dim=1)
         z2 = F.normalize(method.projector.layers[1](f2), dim=1)
+    method.bank_1.written.fill_(True)  # rows as written by earlier steps
+    method.bank_2.written.fill_(True)
     bank1, bank2 = method.bank_1.rows.clone(), method.bank_2.rows.clone()
     noise2 = copy.deepcopy(method.bank_2).sample(5)  # the draws the step will make
     noise1 = copy.deepcopy(method.bank_1).sample(5)

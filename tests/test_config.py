@@ -80,7 +80,7 @@ OUT_OF_RANGE = [
     ("collapse_threshold", -0.01, ">= 0"),
     ("log_every_n_steps", 0, ">= 1"),
     ("num_workers", -1, ">= 0"),
-    ("optimizer", "adam", "sgd, lars, adamw"),
+    ("optimizer", "rmsprop", "sgd, lars, adam, adamw"),
     ("precision", "64-true", "bf16-mixed"),
     ("lr_scaling", "cubic", "linear, sqrt or none"),
     ("accelerator", "xpu", "auto, cpu, gpu, cuda, mps, tpu"),

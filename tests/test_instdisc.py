@@ -67,6 +67,7 @@ def test_losses_and_bank_update_by_hand():
             method.projector.weight.copy_(torch.eye(2))
             method.projector.bias.zero_()
             method.bank.rows.copy_(rows)
+            method.bank.written.fill_(True)  # rows as written by earlier steps
         drawn = copy.deepcopy(method.bank).sample(3).tolist()  # the step's negatives
         negatives = [
             [(fi[0] * rows[j, 0].item() + fi[1] * rows[j, 1].item()) / 0.5 for j in drawn]
@@ -91,6 +92,7 @@ def test_losses_and_bank_update_by_hand():
 def test_bank_momentum_blends_the_normalised_feature():
     torch.manual_seed(0)
     method = flat_method(InstDisc, 3, proj_dim=3, num_samples=5, num_negatives=4, bank_momentum=0.2)
+    method.bank.written.fill_(True)  # rows as written by earlier steps
     old = method.bank.rows.clone()
     x = torch.randn(2, 3, 1, 1)
     out = method.training_loss([x], indices=torch.tensor([4, 1]))
@@ -249,3 +251,17 @@ def test_errors_name_the_argument():
         method(images)
     with pytest.raises(ValueError, match=r"must be in \[0, num_samples=8\)"):
         method(images, indices=torch.tensor([0, 8]))
+
+
+def test_a_first_visit_makes_the_samples_own_feature_its_positive():
+    torch.manual_seed(0)
+    method = flat_method(InstDisc, 3, proj_dim=3, num_samples=5, num_negatives=4)
+    x = torch.randn(2, 3, 1, 1)
+    out = method.training_loss(
+        [x],
+        indices=torch.tensor([4, 1]),
+    )
+    f = F.normalize(method.projector(x.flatten(1)), dim=1).detach()
+    # written on the first visit, then blended with itself: the row is the feature
+    assert torch.allclose(method.bank.rows[[4, 1]], f, atol=1e-6)
+    assert float(out.logs["bank_written"]) == pytest.approx(2 / 5)

@@ -60,6 +60,23 @@ def test_bank_update_blends_and_renormalises_rows():
     assert torch.allclose(bank.rows[0], F.normalize(f[0], dim=0))
 
 
+def test_first_visits_write_the_feature_and_later_ones_blend():
+    torch.manual_seed(0)
+    bank = MemoryBank(4, 3)
+    random_rows = bank.rows.clone()
+    f = torch.randn(2, 3)
+    bank.fill_unwritten(torch.tensor([1, 3]), f)
+    assert torch.allclose(bank.rows[[1, 3]], F.normalize(f, dim=1))
+    assert torch.equal(bank.rows[[0, 2]], random_rows[[0, 2]])
+    assert bank.written.tolist() == [False, True, False, True]
+    assert float(bank.written_fraction()) == 0.5
+    written = bank.rows.clone()
+    bank.fill_unwritten(torch.tensor([1, 0]), torch.randn(2, 3))  # row 1: written already
+    assert torch.equal(bank.rows[1], written[1]) and not torch.equal(bank.rows[0], written[0])
+    bank.update(torch.tensor([2]), f[:1], momentum=0.5)
+    assert bool(bank.written[2])
+
+
 def test_sampling_is_reproducible_from_the_buffers():
     torch.manual_seed(1)
     bank = MemoryBank(100, 4)
@@ -115,10 +132,16 @@ def _bank_step(data, rows):
     bank = MemoryBank(12, 4)
     contrast = BankContrast(12, num_negatives=6, temperature=0.5)
     features = data["features"][rows].clone().requires_grad_()
+    bank.fill_unwritten(data["indices"][rows][::2], features[::2])  # half the rows first
     loss, _ = contrast(features, bank, data["indices"][rows])
     loss.backward()
     bank.update(data["indices"][rows], features, momentum=0.5)
-    return {"grad": features.grad, "rows": bank.rows, "log_z": contrast.log_z}
+    return {
+        "grad": features.grad,
+        "rows": bank.rows,
+        "log_z": contrast.log_z,
+        "written": bank.written,
+    }
 
 
 def test_two_ranks_match_one_process_gradients_bank_and_normaliser():
@@ -132,3 +155,4 @@ def test_two_ranks_match_one_process_gradients_bank_and_normaliser():
     for r in ranks:
         assert torch.allclose(r["rows"], one["rows"], atol=1e-6)
         assert torch.allclose(r["log_z"], one["log_z"], atol=1e-6)
+        assert torch.equal(r["written"], one["written"])

@@ -38,6 +38,15 @@ SPECS = {
     "swav": (dict(proj_hidden_dim=16, proj_dim=8, num_prototypes=10, num_local_crops=2), 4),
     "instdisc": (dict(proj_dim=8, num_samples=32, num_negatives=16), 1),
     "exemplar": (dict(proj_dim=8, num_samples=32), 2),
+    "bigan": (
+        dict(z_dim=8, generator_width=8, discriminator_width=8, discriminator_hidden_dim=8),
+        1,
+    ),
+    # MAE trains a ViT only: its backbone comes with its entry (a 1-block, 32-wide vit_tiny)
+    "mae": (dict(backbone="vit_tiny", backbone_kwargs=dict(depth=1, width=32, heads=2)), 1),
+    "denoising_ae": ({}, 1),
+    "context_ae": ({}, 1),
+    "split_brain": ({}, 1),
 }
 # momentum methods: (target attribute, online attribute) pairs
 TARGETS = {
@@ -53,14 +62,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, **extra) -> Method:
-    kwargs = {**SPECS[name][0], **extra}
-    return selfsup.build(
-        name,
-        backbone="convnet_tiny",
-        backbone_kwargs={"width": 4},
-        image_size=IMAGE_SIZE,
-        **kwargs,
-    )
+    kwargs = {"backbone": "convnet_tiny", "backbone_kwargs": {"width": 4}, **SPECS[name][0]}
+    return selfsup.build(name, image_size=IMAGE_SIZE, **{**kwargs, **extra})
 
 
 def images(seed: int = 0, batch: int = BATCH) -> torch.Tensor:

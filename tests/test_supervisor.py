@@ -30,6 +30,9 @@ HEADS = {
     "cmc": dict(proj_dim=8, num_negatives=16),  # two half-width encoders: 16 + 16 features
     "instdisc": dict(proj_dim=8, num_negatives=16),
     "exemplar": dict(proj_dim=8),
+    # a ViT only; FEATURES wide
+    "mae": dict(backbone="vit_tiny", backbone_kwargs=dict(depth=1, width=FEATURES, heads=2)),
+    "split_brain": {},  # two half-width encoders: 16 + 16 features
 }
 TINY_RUN = dict(epochs=1, batch_size=16, precision="32-true", progress_bar=False)
 
@@ -42,12 +45,9 @@ def fake_data(size: int = 64) -> FakeData:
 
 
 def supervisor(method: str = "simclr", data=None, **kwargs) -> Supervisor:
+    tiny = {"backbone": "convnet_tiny", "backbone_kwargs": {"width": 4}}
     return Supervisor(
-        method,
-        fake_data() if data is None else data,
-        backbone="convnet_tiny",
-        backbone_kwargs={"width": 4},
-        **{**HEADS.get(method, {}), **kwargs},
+        method, fake_data() if data is None else data, **{**tiny, **HEADS.get(method, {}), **kwargs}
     )
 
 

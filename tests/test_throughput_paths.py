@@ -163,7 +163,14 @@ def _load_throughput():
 
 throughput = _load_throughput()
 PAIRED = list(throughput.PAIRINGS)
-UNPAIRED = [m for m in METHODS.names() if m not in PAIRED]  # selfsup's side only
+# methods the throughput script cannot time yet, with why
+UNTIMED = {  # no whole-image backbone forward to time as the bare pass (issue 16: measure them)
+    "mae": "a ViT only; its encoder runs on visible tokens, no whole-image pass",
+    "denoising_ae": "decodes the backbone's feature map (Backbone.feature_map, no forward)",
+    "context_ae": "decodes the backbone's feature map (Backbone.feature_map, no forward)",
+    "split_brain": "predicts from its halves' feature maps (no forward)",
+}
+UNPAIRED = [m for m in METHODS.names() if m not in PAIRED and m not in UNTIMED]  # selfsup's side
 TINY = throughput.Case("tiny test", "convnet_tiny", 1, 1, 1, backbone_kwargs={"width": 4})
 SIZE = 16  # DINO's and SwAV's local crops: 8 px
 BATCH = 8
@@ -260,8 +267,18 @@ def test_methods_not_registered_or_not_taking_the_widths_are_skipped(monkeypatch
 
 def test_unpaired_methods_run_on_selfsups_side_only():
     chosen, notes = throughput.choose_methods(["unpaired", "rotnet", "simclr"])
-    assert chosen[: len(UNPAIRED)] == UNPAIRED and chosen[-1] == "simclr" and not notes
+    lacking = [m for m in METHODS.names() if m not in PAIRED]
+    assert chosen[: len(lacking)] == lacking and chosen[-1] == "simclr" and not notes
     assert "rotnet" in UNPAIRED and chosen.count("rotnet") == 1
     recipes = ["selfsup", "lightly-fp32"]
     assert throughput.recipes_for("rotnet", recipes) == ["selfsup"]
     assert throughput.recipes_for("simclr", recipes) == recipes
+
+
+def test_a_method_without_backbone_forward_passes_is_refused_by_name():
+    method = selfsup.build(
+        "denoising_ae", backbone="convnet_tiny", backbone_kwargs={"width": 4}, image_size=SIZE
+    )
+    batch = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="denoising_ae makes no backbone forward pass"):
+        throughput.bare_backbone_step(method, batch, "32-true", False, 1)

@@ -32,31 +32,43 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name, defaults in list_methods().items():
         shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items() if k not in base)
         print(f"{name}: {shown}")
-        print(f"  on {cfg.backbone}, {LISTED_IMAGES:,} images: {_head_widths(name, cfg)}")
+        backbone, widths = _head_widths(name, cfg)
+        print(f"  on {backbone}, {LISTED_IMAGES:,} images: {widths}")
         optimizer = METHODS.get(name).optimizer_defaults
         if optimizer:
             print("  trains with: " + ", ".join(f"{k}={v}" for k, v in optimizer.items()))
     return 0
 
 
-def _head_widths(name: str, cfg: Any) -> str:
-    """The feature size and head widths of method ``name`` built as ``cfg`` builds it (on the
-    meta device: shapes only, no memory)."""
+def _head_widths(name: str, cfg: Any) -> tuple[str, str]:
+    """(backbone, its feature size and head widths) of method ``name`` built as ``cfg`` builds
+    it (on the meta device: shapes only, no memory). A method that refuses ``cfg``'s backbone
+    (MAE needs a ViT) is shown on its own default backbone."""
     import torch
 
     from selfsup.methods import METHODS, build
 
-    data_defaults = METHODS.get(name).data_defaults(LISTED_IMAGES, cfg.batch_size)
+    cls = METHODS.get(name)
+    data_defaults = cls.data_defaults(LISTED_IMAGES, cfg.batch_size)
+    base = {"image_size": cfg.image_size, "in_channels": cfg.in_channels or 3}
+    backbone = cfg.backbone
     with torch.device("meta"):
-        method = build(
-            name, backbone=cfg.backbone, image_size=cfg.image_size,
-            in_channels=cfg.in_channels or 3, backbone_kwargs=dict(cfg.backbone_kwargs),
-            **{**data_defaults, **cfg.method_kwargs},
-        )  # fmt: skip
+        try:
+            method = build(
+                name, backbone=backbone, backbone_kwargs=dict(cfg.backbone_kwargs), **base,
+                **{**data_defaults, **cfg.method_kwargs},
+            )  # fmt: skip
+        except ValueError:
+            backbone = cls.paper_default("backbone")
+            if backbone == cfg.backbone:
+                raise
+            method = build(
+                name, backbone=backbone, **base, **{**data_defaults, **cfg.method_kwargs}
+            )
     widths = {k: v for k, v in method.hyperparameters().items() if k.endswith("_dim") and v}
     shown = ", ".join(f"{k}={v}" for k, v in widths.items())
     params = sum(p.numel() for p in method.parameters()) / 1e6
-    return (
+    return backbone, (
         f"{method.feature_dim}-d features; {shown or 'no hidden head'} ({params:.1f} M parameters)"
     )
 

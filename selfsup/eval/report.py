@@ -25,6 +25,7 @@ from typing import Any
 
 from selfsup.data.image_dataset import ImageDataset
 from selfsup.eval.metric_keys import knn_metric_key, parse_knn_metric_key
+from selfsup.eval.reconstructions import RECONSTRUCTIONS_PLOT
 from selfsup.eval.report_evaluation import EVALUATION_PLOTS, evaluation_plots
 from selfsup.eval.run_curves import (
     Outcome,
@@ -214,6 +215,9 @@ def _report_text(
     lines += ["## Training", ""]
     for key in TRAINING_PLOTS:
         lines += _section(TITLES[key], outcomes[key], plots)
+    if (plots / RECONSTRUCTIONS_PLOT).is_file():  # drawn when a reconstruction method ends
+        title = "Reconstructions at the end of training (inputs, corrupted, reconstructed)"
+        lines += _section(title, plots / RECONSTRUCTIONS_PLOT, plots)
     lines += ["## Evaluation on labelled data", ""]
     if eval_lines:
         lines += eval_lines + [""]

@@ -14,15 +14,19 @@ from typing import Any
 
 from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.base import METHODS, LossOutput, Method, register
+from selfsup.methods.bigan import BiGAN
 from selfsup.methods.byol import BYOL
 from selfsup.methods.cmc import CMC
+from selfsup.methods.context_autoencoder import ContextAutoencoder
 from selfsup.methods.cpc import CPC
 from selfsup.methods.dcl import DCL, DCLW
+from selfsup.methods.denoising import DenoisingAutoencoder
 from selfsup.methods.dino import DINO
 from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.fastsiam import FastSiam
 from selfsup.methods.instdisc import InstDisc
 from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.mae import MAE
 from selfsup.methods.mocov1 import MoCoV1
 from selfsup.methods.mocov2 import MoCoV2
 from selfsup.methods.mocov3 import MoCoV3
@@ -33,6 +37,7 @@ from selfsup.methods.saving import load_method, save_method
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simclrv2 import SimCLRV2
 from selfsup.methods.simsiam import SimSiam
+from selfsup.methods.split_brain import SplitBrain
 from selfsup.methods.supcon import SupCon
 from selfsup.methods.swav import SwAV
 from selfsup.methods.vicreg import VICReg
@@ -67,11 +72,15 @@ __all__ = [
     "DINO",
     "METHODS",
     "BarlowTwins",
+    "ContextAutoencoder",
+    "DenoisingAutoencoder",
+    "BiGAN",
     "Exemplar",
     "FastSiam",
     "InstDisc",
     "Jigsaw",
     "LossOutput",
+    "MAE",
     "Method",
     "MoCoV1",
     "MoCoV2",
@@ -82,6 +91,7 @@ __all__ = [
     "SimCLR",
     "SimCLRV2",
     "SimSiam",
+    "SplitBrain",
     "SupCon",
     "SwAV",
     "VICReg",

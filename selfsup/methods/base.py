@@ -13,6 +13,8 @@ loss = supcon(images, labels=labels)  # methods with batch_fields take per-sampl
 method.backbone                       # plain nn.Module with .feature_dim
 method.encoder                        # backbone + the head whose output the loss uses
 method.hyperparameters()              # the constructor's arguments, JSON-safe (save / rebuild)
+method.optimizer_parts()              # [(name, parameters)] per optimizer, in update order
+out = bigan.part_loss(views, "discriminator")   # methods with several optimizer parts
 ```
 
 Rules for a subclass (one file, ``@register("name")``):
@@ -28,7 +30,12 @@ Rules for a subclass (one file, ``@register("name")``):
   from ``BATCH_FIELDS``: ``labels`` (int64 [B], -1 where a sample has none: SupCon) and
   ``indices`` (int64 [B], the samples' global positions in the dataset: memory banks). The
   trainer's loader yields them for every method that declares them; nobody special-cases
-  a method.
+  a method;
+- a method trained by several optimizers (a GAN's players) returns one ``(name, parameters)``
+  per optimizer from ``optimizer_parts()``, in update order, and the loss of each from
+  ``part_loss(views, part, **fields)`` instead of ``training_loss``: the trainer steps one
+  optimizer per part, each after the previous one's step (``selfsup.train.module``), and
+  ``loss = method(images)`` is their simultaneous update (``Method.training_loss``).
 Every ``__init__`` along the chain is wrapped (``__init_subclass__``) to record its arguments, so
 ``hyperparameters()`` holds every value used, defaults included, without the subclass doing
 anything.
@@ -36,11 +43,12 @@ anything.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,7 +56,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from selfsup.backbones import Backbone, build_backbone
+from selfsup.backbones import BACKBONES, Backbone, build_backbone
 from selfsup.heads import scaled_width
 from selfsup.methods.arguments import json_safe, refuse_markers, refuse_renamed
 from selfsup.registry import Registry, keyword_parameters
@@ -135,6 +143,8 @@ class Method(nn.Module):
     module has a ``feature_dim`` attribute). ``mean``/``std`` set the normalisation of natural
     views (default: ImageNet's for RGB, 0.5 otherwise). ``views``: a recipe name, a dict of
     recipe parameters on top of the method's own, or a callable batch -> list of views.
+    ``backbone_kwargs`` configure a registered backbone; one that takes an ``image_size`` (a
+    ViT's position embedding) gets the method's ``image_size`` unless they set another.
     ``head_widths``: "scaled" (default) caps every head width the caller did not set at
     ``heads.HEAD_WIDTH_FACTOR`` (16) x the backbone's feature size; "paper" keeps the papers'.
     """
@@ -185,7 +195,7 @@ class Method(nn.Module):
             backbone,
             getattr(self.views, "out_channels", in_channels),
             feature_dim=feature_size,
-            **backbone_kwargs,
+            **_with_image_size(backbone, backbone_kwargs, image_size),
         )
         self.feature_dim = self.backbone.feature_dim
         self.current_epoch = 0  # set by on_train_epoch_start
@@ -280,9 +290,56 @@ class Method(nn.Module):
             raise ValueError(f"{self.method_name} takes {takes}; got {', '.join(unknown)}")
         return {k: v for k, v in fields.items() if v is not None}
 
-    def training_loss(self, views: list[Tensor]) -> LossOutput:
-        """The loss of one batch of ``views`` (plus the ``batch_fields`` as keywords)."""
-        raise NotImplementedError
+    def training_loss(self, views: list[Tensor], **fields: Tensor) -> LossOutput:
+        """The loss of one batch of ``views`` (plus the ``batch_fields`` as keywords).
+
+        Every method with one optimizer part implements it. For a method with several parts
+        this default is their simultaneous update: the sum over parts of ``part_loss``, each
+        computed with only its own part trainable, so one backward gives every parameter the
+        gradient of its own part's loss, all at the same parameters (simultaneous gradient
+        steps, the BiGAN code's default). ``loss = method(images)`` with one optimizer over all
+        parameters therefore trains such a method correctly; the value is the sum of the parts'
+        losses (to watch, not an objective any part minimises), each also in ``logs``.
+        """
+        parts = checked_parts(self)
+        if len(parts) == 1:
+            raise NotImplementedError(f"{self.method_name} must implement training_loss")
+        total: Tensor | None = None
+        logs: dict[str, Tensor | float] = {}
+        for name, parameters in parts:
+            with only_trainable(self, parameters):
+                out = self.part_loss(views, name, **fields)
+            total = out.loss if total is None else total + out.loss
+            logs.update(out.logs)
+            logs[f"loss_{name}"] = out.loss.detach()
+        return LossOutput(total, logs)  # type: ignore[arg-type]
+
+    # -- several optimizers --------------------------------------------------------------------
+    def optimizer_parts(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """The parameters each optimizer trains, in update order: ``[(name, parameters)]``.
+
+        Default: one part, "all", holding every trainable parameter: one optimizer on
+        ``training_loss``. A method with several parts (BiGAN: "discriminator", then
+        "generator_encoder") puts every trainable parameter in exactly one of them and gives
+        each part its loss in ``part_loss``; the trainer builds one optimizer and LR schedule
+        per part from the same settings (``selfsup.train.module.PretrainModule``).
+        """
+        return [("all", [p for p in self.parameters() if p.requires_grad])]
+
+    @property
+    def several_optimizers(self) -> bool:
+        """Whether ``optimizer_parts`` has more than one part (one optimizer each)."""
+        return len(self.optimizer_parts()) > 1
+
+    def part_loss(self, views: list[Tensor], part: str, **fields: Tensor) -> LossOutput:
+        """The loss of optimizer part ``part`` (a name from ``optimizer_parts``) on one batch
+        of ``views``, for methods with several parts. The trainer calls it once per part in
+        update order, each call after the previous part's optimizer step, with only ``part``'s
+        parameters trainable (``only_trainable``: the other parts' outputs carry no graph)."""
+        raise NotImplementedError(
+            f"{self.method_name} trains one optimizer on training_loss; part_loss is for "
+            "methods with several optimizer_parts"
+        )
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Called at the start of every training epoch (0-based; again after a resume)."""
@@ -342,7 +399,64 @@ class Method(nn.Module):
         return outputs  # type: ignore[return-value]
 
 
+def _with_image_size(
+    backbone: str | nn.Module, backbone_kwargs: dict[str, Any], image_size: int
+) -> dict[str, Any]:
+    """``backbone_kwargs``, plus the views' ``image_size`` for a registered backbone that takes
+    one (a ViT learns its position embedding for it) and was not given one in them. Not
+    recorded in ``backbone_kwargs``: it follows the method's own ``image_size``."""
+    if isinstance(backbone, str) and backbone in BACKBONES and "image_size" not in backbone_kwargs:
+        if "image_size" in keyword_parameters(BACKBONES.get(backbone))[0]:
+            return {**backbone_kwargs, "image_size": image_size}
+    return backbone_kwargs
+
+
 # --- helpers shared by several methods -----------------------------------------------------------
+
+
+def checked_parts(method: Method) -> list[tuple[str, list[nn.Parameter]]]:
+    """``method.optimizer_parts()``, checked: names unique, no part empty, every trainable
+    parameter in exactly one part (ValueError naming the method and the parameters)."""
+    parts = method.optimizer_parts()
+    names = [name for name, _ in parts]
+    if not parts or len(set(names)) != len(names):
+        raise ValueError(
+            f"{method.method_name}: optimizer_parts() must name each part once, got {names}"
+        )
+    owner: dict[int, str] = {}
+    for name, parameters in parts:
+        if not parameters:
+            raise ValueError(f"{method.method_name}: optimizer part '{name}' holds no parameters")
+        for p in parameters:
+            if id(p) in owner:
+                raise ValueError(
+                    f"{method.method_name}: a parameter is in optimizer parts '{owner[id(p)]}' "
+                    f"and '{name}'; each belongs to one"
+                )
+            owner[id(p)] = name
+    missing = [n for n, p in method.named_parameters() if p.requires_grad and id(p) not in owner]
+    if missing:
+        raise ValueError(
+            f"{method.method_name}: trainable parameters in no optimizer part: {missing[:5]}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
+    return parts
+
+
+@contextlib.contextmanager
+def only_trainable(module: nn.Module, parameters: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Within the block, ``module``'s trainable parameters other than ``parameters`` have
+    ``requires_grad`` off (restored after): what is computed from them carries no graph, so a
+    backward reaches ``parameters`` only and leaves no gradient on the others."""
+    keep = {id(p) for p in parameters}
+    frozen = [p for p in module.parameters() if p.requires_grad and id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def check_positive(method: str, **values: float) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from selfsup.backbones import BACKBONES, ChannelSplit, build_backbone
+from selfsup.backbones import ChannelSplit
 from selfsup.methods.base import (
     _ARGUMENTS,
     _EXPLICIT,
@@ -22,17 +22,18 @@ from selfsup.methods.base import (
     register,
 )
 from selfsup.methods.memory_bank import (
-    NCE_KINDS,
     BankContrast,
     MemoryBank,
+    check_bank_arguments,
     require_indices,
-    require_num_samples,
 )
-from selfsup.registry import keyword_parameters
+from selfsup.methods.split_encoders import (
+    check_view_channels,
+    full_width,
+    two_encoder_backbone,
+)
 
 SPLITS = ("auto", "lab", "wafer_channels", "views")
-# the channel groups of each split's two encoders (None: every channel, for both)
-SPLIT_GROUPS = {"lab": [[0], [1, 2]], "wafer_channels": [[0], [1]], "views": None}
 
 
 class ViewProjector(nn.Module):
@@ -147,14 +148,11 @@ class CMC(Method):
         nce_kind: str = "nce",
         **kwargs: Any,
     ) -> None:
-        num_samples = require_num_samples("cmc", num_samples)
-        check_positive(
-            "cmc", temperature=temperature, num_negatives=num_negatives, encoder_width=encoder_width
-        )
-        if not 0.0 <= bank_momentum < 1.0:
-            raise ValueError(f"cmc: bank_momentum must be in [0, 1), got {bank_momentum}")
-        if nce_kind not in NCE_KINDS:
-            raise ValueError(f"cmc: nce_kind must be one of {NCE_KINDS}, got {nce_kind!r}")
+        num_samples = check_bank_arguments(
+            "cmc", num_samples, num_negatives=num_negatives, temperature=temperature,
+            bank_momentum=bank_momentum, nce_kind=nce_kind,
+        )  # fmt: skip
+        check_positive("cmc", encoder_width=encoder_width)
         super().__init__(backbone, feature_size, **kwargs)
         self.split = resolve_split(split, self.in_channels, self.view_style, backbone)
         self._check_view_channels()
@@ -197,43 +195,20 @@ class CMC(Method):
         return {"num_samples": num_images}
 
     def _check_view_channels(self) -> None:
-        channels = self.backbone.in_channels  # what the views give the network
-        needed = {"lab": 3, "wafer_channels": 2}.get(self.split)
-        if needed is not None and channels != needed:
-            raise ValueError(
-                f"cmc: split '{self.split}' needs views of {needed} channels, but yours give "
-                f"{channels}; use split='views' or the method's own views"
-            )
+        check_view_channels("cmc", self.split, self.backbone.in_channels)
 
     def _own_width(self, what: str, encoder_width: float, record: dict[str, Any]) -> float:
         """1.0 for a backbone without a width keyword; an explicit other width is refused."""
-        if "encoder_width" in record[_EXPLICIT] and encoder_width != 1.0:
-            raise ValueError(
-                f"cmc: encoder_width={encoder_width} scales a registered backbone's 'width' "
-                f"keyword (convnet_tiny, convnet_small); {what} has none, so each encoder is "
-                "used at full width: leave encoder_width out or set it to 1.0"
-            )
-        return 1.0
+        return full_width("cmc", what, encoder_width, "encoder_width" in record[_EXPLICIT])
 
     def _composite(self, name: str, record: dict[str, Any], encoder_width: float) -> ChannelSplit:
         """The registered "channel_split" of two ``name`` trunks (at ``encoder_width``)."""
-        trunk_kwargs = dict(record.get("backbone_kwargs") or {})
-        parameters = keyword_parameters(BACKBONES.get(name))[0] if name in BACKBONES else {}
-        if "width" in parameters:
-            width = trunk_kwargs.get("width", parameters["width"].default)
-            trunk_kwargs["width"] = max(1, round(width * encoder_width))
-            self.encoder_width = encoder_width
-        else:
-            self.encoder_width = self._own_width(f"backbone '{name}'", encoder_width, record)
-        channels = self.backbone.in_channels
-        groups = SPLIT_GROUPS[self.split] or [list(range(channels))] * 2
-        lab = self.split == "lab"
-        return build_backbone(
-            "channel_split", channels, trunk=name, groups=groups, trunk_kwargs=trunk_kwargs,
-            convert="lab" if lab else None,
-            rgb_mean=getattr(self.views, "mean", None) if lab else None,
-            rgb_std=getattr(self.views, "std", None) if lab else None,
+        backbone, self.encoder_width = two_encoder_backbone(
+            "cmc", name, self.split, in_channels=self.backbone.in_channels,
+            encoder_width=encoder_width, explicit_width="encoder_width" in record[_EXPLICIT],
+            backbone_kwargs=record.get("backbone_kwargs"), views=self.views,
         )  # fmt: skip
+        return backbone
 
     def _seal_hyperparameters(self, arguments: dict[str, Any]) -> None:
         super()._seal_hyperparameters(arguments)
@@ -250,11 +225,16 @@ class CMC(Method):
         indices = indices.to(views[0].device)
         features = self.backbone.split_forward(views[0] if wanted == 1 else views)
         z1, z2 = (F.normalize(z.float(), dim=1) for z in self.projector.project(features))
+        self.bank_1.fill_unwritten(indices, z1)
+        self.bank_2.fill_unwritten(indices, z2)
         loss_1, logs_1 = self.contrast_1(z1, self.bank_2, indices)  # view 1 against bank 2
         loss_2, logs_2 = self.contrast_2(z2, self.bank_1, indices)
         self.bank_1.update(indices, z1, self.bank_momentum)
         self.bank_2.update(indices, z2, self.bank_momentum)
-        logs: dict[str, Any] = {"collapse_std": embedding_std(z1)}
+        logs: dict[str, Any] = {
+            "collapse_std": embedding_std(z1),
+            "bank_written": self.bank_1.written_fraction(),
+        }
         for view, loss, part in ((1, loss_1, logs_1), (2, loss_2, logs_2)):
             logs[f"loss_view{view}"] = loss.detach()
             logs.update({f"{key}_view{view}": value for key, value in part.items()})

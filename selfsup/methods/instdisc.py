@@ -7,13 +7,12 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from selfsup.methods.base import LossOutput, Method, check_positive, embedding_std, register
+from selfsup.methods.base import LossOutput, Method, embedding_std, register
 from selfsup.methods.memory_bank import (
-    NCE_KINDS,
     BankContrast,
     MemoryBank,
+    check_bank_arguments,
     require_indices,
-    require_num_samples,
 )
 
 
@@ -66,12 +65,10 @@ class InstDisc(Method):
         nce_kind: str = "nce",
         **kwargs: Any,
     ) -> None:
-        num_samples = require_num_samples("instdisc", num_samples)
-        check_positive("instdisc", temperature=temperature, num_negatives=num_negatives)
-        if not 0.0 <= bank_momentum < 1.0:
-            raise ValueError(f"instdisc: bank_momentum must be in [0, 1), got {bank_momentum}")
-        if nce_kind not in NCE_KINDS:
-            raise ValueError(f"instdisc: nce_kind must be one of {NCE_KINDS}, got {nce_kind!r}")
+        num_samples = check_bank_arguments(
+            "instdisc", num_samples, num_negatives=num_negatives, temperature=temperature,
+            bank_momentum=bank_momentum, nce_kind=nce_kind,
+        )  # fmt: skip
         super().__init__(backbone, feature_size, **kwargs)
         (proj_dim,) = self.head_sizes(proj_dim=proj_dim).values()
         self.num_samples = num_samples
@@ -89,6 +86,9 @@ class InstDisc(Method):
             raise ValueError(f"instdisc needs 1 view per image, got {len(views)}")
         indices = require_indices("instdisc", indices, self.num_samples, views[0].shape[0])
         f = F.normalize(self.projector(self.backbone(views[0])).float(), dim=1)
-        loss, logs = self.contrast(f, self.bank, indices.to(f.device))
-        self.bank.update(indices.to(f.device), f, self.bank_momentum)
+        indices = indices.to(f.device)
+        self.bank.fill_unwritten(indices, f)
+        loss, logs = self.contrast(f, self.bank, indices)
+        self.bank.update(indices, f, self.bank_momentum)
+        logs["bank_written"] = self.bank.written_fraction()
         return LossOutput(loss, logs={"collapse_std": embedding_std(f), **logs})

@@ -43,8 +43,11 @@ class Jigsaw(Method):
     Shapes: views 1 x [B, C, H, W]; tiles [B, T, C, t, t]; f [B T, feature_dim];
     h [B T, tile_dim]; logits [B, P].
 
-    Defaults (paper, sec. 3-4): a 3 x 3 grid, tiles of 64/75 of a cell (64 px tiles in 75 px
-    cells of 225 px images: the random gap hides edge continuity), every tile normalised to
+    Defaults: a 2 x 2 grid with all 24 permutations (Super-Selfish's default, which fits small
+    images: 14 px tiles at 32 px); ``grid=3`` is the paper's (100 permutations by default) and
+    ``grid=None`` picks 3 from 64 px up, 2 below. The rest as the paper (sec. 3-4): tiles of
+    64/75 of a cell (64 px tiles in 75 px cells of 225 px images: the random gap hides edge
+    continuity), every tile normalised to
     zero mean and unit std on its own and its colour channels shifted by up to 2/64 of its side
     (low-level statistics and chromatic aberration), 30 % grayscale images (``jigsaw`` recipe);
     a permutation set with maximal average Hamming distance (Algorithm 1: ``hamming_permutations``,
@@ -53,8 +56,8 @@ class Jigsaw(Method):
     their concatenation (Linear-BN-ReLU to ``hidden_dim`` 4096, the paper's fc7, then Linear to
     P, fc8). ``encoder`` is backbone + tile_head: an image -> its tile-level embedding.
 
-    Departures: images under 64 px are cut 2 x 2 (``grid=None``; 3 x 3 cells of a 32 px image
-    give 9 px tiles, of a 16 px image 4 px); ``num_permutations=None`` takes all 24 orders of a
+    Departures: the 2 x 2 default (3 x 3 cells of a 32 px image give 9 px tiles, of a 16 px
+    image 4 px); ``num_permutations=None`` takes all 24 orders of a
     2 x 2 grid and 100 for 3 x 3 (the paper's Table 3 compares sets of 100 and 1000:
     ``num_permutations=1000``, built in about ten seconds); BatchNorm in the heads instead of
     dropout; grayscale with p 0.3 as common re-implementations (the paper: "grayscale
@@ -70,7 +73,7 @@ class Jigsaw(Method):
         backbone: str | nn.Module = "resnet18",
         feature_size: int | None = None,
         *,
-        grid: int | None = None,
+        grid: int | None = 2,
         num_permutations: int | None = None,
         permutation_seed: int = 0,
         tile_fraction: float = TILE_FRACTION,

@@ -4,6 +4,7 @@ instance discrimination, PIRL and CMC share.
 ```
 bank = MemoryBank(num_samples=len(dataset), dim=128)
 contrast = BankContrast(num_samples=len(dataset), num_negatives=4096, temperature=0.07)
+bank.fill_unwritten(indices, features)           # first visits: the row is the feature itself
 loss, logs = contrast(features, bank, indices)   # features [B, 128]: L2-normalised here
 bank.update(indices, features, momentum=0.5)     # after the loss: all ranks' rows, no gradient
 ```
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from selfsup.losses.nce import estimate_log_z, nce_loss, softmax_nce_loss
+from selfsup.methods.base import check_positive
 from selfsup.runtime.distributed import all_reduce_mean, gather_no_grad
 
 NCE_KINDS = ("nce", "softmax")
@@ -58,10 +60,36 @@ def require_num_samples(method: str, num_samples: int | None) -> int:
     return int(num_samples)
 
 
+def check_bank_arguments(
+    method: str,
+    num_samples: int | None,
+    *,
+    num_negatives: int,
+    temperature: float,
+    bank_momentum: float,
+    nce_kind: str,
+) -> int:
+    """The memory-bank arguments every bank method takes, checked (a ValueError naming the
+    method and the argument); returns ``num_samples`` (``require_num_samples``)."""
+    num_samples = require_num_samples(method, num_samples)
+    check_positive(method, temperature=temperature, num_negatives=num_negatives)
+    if not 0.0 <= bank_momentum < 1.0:
+        raise ValueError(f"{method}: bank_momentum must be in [0, 1), got {bank_momentum}")
+    if nce_kind not in NCE_KINDS:
+        raise ValueError(f"{method}: nce_kind must be one of {NCE_KINDS}, got {nce_kind!r}")
+    return num_samples
+
+
 class MemoryBank(nn.Module):
     """One L2-normalised feature per training sample, ``rows`` [num_samples, dim] (a buffer).
 
-    Starts as random unit vectors. ``update(indices, features, momentum)`` sets
+    Starts as random unit vectors (Wu et al. 2018); ``written`` marks the rows a sample's
+    feature has reached. ``fill_unwritten(indices, features)``, called before the loss, sets
+    the rows of samples seen for the first time to their current features, so in the first
+    epoch a positive is the sample's own feature (detached) and not a random vector: the
+    papers train hundreds of epochs, where this changes one epoch in hundreds, but a short run
+    (under an epoch) would otherwise pull every feature towards noise (measured: PIRL on the
+    wafer maps in docs/benchmarks.md). ``update(indices, features, momentum)`` then sets
         v_i <- normalise(momentum * v_i + (1 - momentum) * f_i)
     (Wu et al. 2018, sec. 3.2, momentum 0.5 in their code; 0 replaces the row) for every
     rank's samples. ``sample(count)`` draws noise indices uniformly over the bank from a
@@ -77,6 +105,7 @@ class MemoryBank(nn.Module):
         # the global RNG seeds it, so ranks seeded alike (as the trainer seeds them) agree
         self.register_buffer("seed", torch.randint(0, 2**62, ()))
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+        self.register_buffer("written", torch.zeros(num_samples, dtype=torch.bool))
 
     @property
     def num_samples(self) -> int:
@@ -90,13 +119,30 @@ class MemoryBank(nn.Module):
         drawn = torch.randint(0, self.num_samples, (count,), generator=generator)
         return drawn.to(self.rows.device)
 
+    def _gathered(self, indices: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's indices and normalised features (no gradient), in rank order."""
+        features = F.normalize(features.detach().float(), dim=1).to(self.rows.dtype)
+        return gather_no_grad(indices.long()), gather_no_grad(features)
+
+    @torch.no_grad()
+    def fill_unwritten(self, indices: Tensor, features: Tensor) -> None:
+        """Rows never written take the normalised ``features`` [B, dim] (every rank's)."""
+        indices, features = self._gathered(indices, features)
+        keep = self.written[indices].unsqueeze(1)  # no host sync: a select, not a branch
+        self.rows.index_copy_(0, indices, torch.where(keep, self.rows[indices], features))
+        self.written.index_fill_(0, indices, True)
+
     @torch.no_grad()
     def update(self, indices: Tensor, features: Tensor, momentum: float) -> None:
         """Blend the normalised ``features`` [B, dim] of every rank into their rows."""
-        indices = gather_no_grad(indices.long())
-        features = gather_no_grad(F.normalize(features.detach().float(), dim=1))
-        blended = momentum * self.rows[indices] + (1.0 - momentum) * features.to(self.rows.dtype)
+        indices, features = self._gathered(indices, features)
+        blended = momentum * self.rows[indices] + (1.0 - momentum) * features
         self.rows.index_copy_(0, indices, F.normalize(blended, dim=1))
+        self.written.index_fill_(0, indices, True)
+
+    def written_fraction(self) -> Tensor:
+        """The share of rows a sample's feature has reached (a 0-d float, for the logs)."""
+        return self.written.float().mean()
 
 
 class BankContrast(nn.Module):

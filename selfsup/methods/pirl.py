@@ -6,14 +6,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from selfsup.methods.base import LossOutput, Method, check_positive, embedding_std, register
+from selfsup.methods.base import LossOutput, Method, embedding_std, register
 from selfsup.methods.jigsaw import puzzle_grid
 from selfsup.methods.memory_bank import (
-    NCE_KINDS,
     BankContrast,
     MemoryBank,
+    check_bank_arguments,
     require_indices,
-    require_num_samples,
 )
 from selfsup.views.jigsaw import TILE_FRACTION, JigsawPuzzle, jigsaw_puzzle
 
@@ -71,14 +70,12 @@ class PIRL(Method):
         nce_kind: str = "nce",
         **kwargs: Any,
     ) -> None:
-        num_samples = require_num_samples("pirl", num_samples)
-        check_positive("pirl", temperature=temperature, num_negatives=num_negatives)
-        if not 0.0 <= bank_momentum < 1.0:
-            raise ValueError(f"pirl: bank_momentum must be in [0, 1), got {bank_momentum}")
+        num_samples = check_bank_arguments(
+            "pirl", num_samples, num_negatives=num_negatives, temperature=temperature,
+            bank_momentum=bank_momentum, nce_kind=nce_kind,
+        )  # fmt: skip
         if not 0.0 <= jigsaw_weight <= 1.0:
             raise ValueError(f"pirl: jigsaw_weight must be in [0, 1], got {jigsaw_weight}")
-        if nce_kind not in NCE_KINDS:
-            raise ValueError(f"pirl: nce_kind must be one of {NCE_KINDS}, got {nce_kind!r}")
         super().__init__(backbone, feature_size, **kwargs)
         self.grid = puzzle_grid(self, grid, tile_fraction)
         self.tile_fraction = tile_fraction
@@ -115,12 +112,14 @@ class PIRL(Method):
         g = self.transformed(views[1]).float()
         f = self.projector(self.backbone(views[0])).float()
         indices = indices.to(f.device)
+        self.bank.fill_unwritten(indices, f)
         jigsaw_loss, jigsaw_logs = self.contrast(g, self.bank, indices)
         image_loss, image_logs = self.contrast(f, self.bank, indices)
         loss = self.jigsaw_weight * jigsaw_loss + (1.0 - self.jigsaw_weight) * image_loss
         self.bank.update(indices, f, self.bank_momentum)
         logs = {
             "collapse_std": embedding_std(f),
+            "bank_written": self.bank.written_fraction(),
             "jigsaw_positive_is_top": jigsaw_logs["positive_is_top"],
             "image_positive_is_top": image_logs["positive_is_top"],
         }

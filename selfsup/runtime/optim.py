@@ -1,4 +1,4 @@
-"""Optimizers (SGD, LARS, AdamW), parameter groups and the warmup + cosine LR schedule."""
+"""Optimizers (SGD, LARS, Adam, AdamW), parameter groups and the warmup + cosine LR schedule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "lars", "adamw")
+OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
+ADAM_BETAS = (0.9, 0.999)  # torch's (and Kingma & Ba's) defaults
 
 
 def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear") -> float:
@@ -25,14 +26,17 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear") -> float:
     raise ValueError(f"lr_scaling must be linear, sqrt or none, got '{rule}'")
 
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with decay; biases and norm parameters (ndim <= 1) without.
+def parameter_groups(
+    parameters: nn.Module | Iterable[nn.Parameter], weight_decay: float
+) -> list[dict]:
+    """Two groups of a module's (or a list's) trainable parameters: weights with decay; biases
+    and norm parameters (ndim <= 1) without.
 
     The second group also carries ``lars_exclude`` so LARS skips its trust ratio, as in
     SimCLR and BYOL.
     """
     decay, no_decay = [], []
-    for p in module.parameters():
+    for p in parameters.parameters() if isinstance(parameters, nn.Module) else parameters:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -101,19 +105,31 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    name: str, module: nn.Module, *, lr: float, weight_decay: float, momentum: float = 0.9
+    name: str,
+    parameters: nn.Module | Iterable[nn.Parameter],
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = ADAM_BETAS,
 ) -> torch.optim.Optimizer:
-    groups = parameter_groups(module, weight_decay)
-    if name == "sgd":
-        for g in groups:
-            g.pop("lars_exclude", None)
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    """Optimizer ``name`` over ``parameter_groups(parameters, weight_decay)``.
+
+    ``momentum``: SGD's and LARS's. ``betas``: Adam's and AdamW's. "adam" adds the weight
+    decay to the gradient (L2, as the BiGAN code's Adam); "adamw" decays the weights apart
+    from the gradient's moments (Loshchilov & Hutter 2019).
+    """
+    groups = parameter_groups(parameters, weight_decay)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
+    for g in groups:
+        g.pop("lars_exclude", None)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas)
     if name == "adamw":
-        for g in groups:
-            g.pop("lars_exclude", None)
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
     raise ValueError(f"unknown optimizer '{name}' (known: {', '.join(OPTIMIZERS)})")
 
 

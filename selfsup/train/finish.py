@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from torch import Tensor
 
 from selfsup.config import PretrainConfig
 from selfsup.eval.metric_keys import knn_metric_key
+from selfsup.eval.reconstructions import RECONSTRUCTIONS_PLOT, save_reconstructions
 from selfsup.runtime.files import load_checkpoint_file
 from selfsup.train.callbacks import CollapseMonitor, KNNMonitor, ThroughputMonitor
 from selfsup.train.module import PretrainModule
@@ -56,7 +58,11 @@ def finish_run(
     cfg: PretrainConfig,
     summary: dict[str, Any],
     callbacks: list[L.Callback],
+    examples: Tensor | None = None,
 ) -> None:
+    """Export the chosen epoch's backbone, write summary.json and the report; a method that
+    reconstructs (``reconstruction_examples``) also draws its reconstructions of
+    ``examples`` (raw uint8 images, e.g. the first validation images)."""
     from selfsup.artifacts import export_backbone
 
     best = run_dir / "checkpoints" / "best.ckpt"
@@ -65,6 +71,8 @@ def finish_run(
         module.load_state_dict(state)
     method = module.method
     export_backbone(method, run_dir)
+    if examples is not None:
+        save_reconstructions(method, examples, run_dir / "plots" / RECONSTRUCTIONS_PLOT)
     summary["exported_checkpoint"] = "best" if best.is_file() else "last"
     for cb in callbacks:
         if isinstance(cb, KNNMonitor) and cb.history:

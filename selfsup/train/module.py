@@ -1,4 +1,9 @@
-"""The thin LightningModule around any Method: views, training_loss, on_train_step_end, logs."""
+"""The thin LightningModule around any Method: views, training_loss, on_train_step_end, logs.
+
+Methods with several optimizer parts (``Method.optimizer_parts``: a GAN's discriminator, then
+its generator and encoder) train through the same module by Lightning's manual optimization;
+every other method keeps Lightning's automatic optimization, unchanged.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from lightning.pytorch.core.optimizer import do_nothing_closure
+from torch import Tensor, nn
 
-from selfsup.methods.base import Method
-from selfsup.runtime.optim import build_optimizer, warmup_cosine
+from selfsup.methods.base import LossOutput, Method, checked_parts, only_trainable
+from selfsup.runtime.optim import ADAM_BETAS, build_optimizer, warmup_cosine
 from selfsup.runtime.precision import views_threads
 
 
@@ -27,6 +33,21 @@ class PretrainModule(L.LightningModule):
     the loader yields beside the images) -> NaN/Inf guard -> backward ->
     ``method.before_optimizer_step()`` -> optimizer step -> ``method.on_train_step_end(progress)``;
     ``method.on_train_epoch_start(epoch)`` at every epoch start.
+
+    A method with several optimizer parts gets one optimizer and LR schedule per part, all
+    built from the same settings, and, per batch, for each part in its update order: only that
+    part trainable (``only_trainable``: the others' ``requires_grad`` off, so the part's
+    backward leaves no gradient on another part, and under DDP, which the trainer then runs
+    with ``find_unused_parameters``, only this part's gradients are all-reduced, inside
+    ``manual_backward`` as in the automatic path) -> ``method.part_loss(views, part,
+    **fields)`` -> NaN/Inf guard -> backward (AMP loss scaling as Lightning's automatic path)
+    -> ``method.before_optimizer_step()`` -> that optimizer's step -> its LR schedule's step;
+    then ``on_train_step_end`` once. The next part's loss sees the parameters this step
+    moved (alternating updates). ``global_step`` counts batches, as for one optimizer (only
+    the last part's step goes through Lightning's step counter), so ``max_steps``, the LR
+    cosine and the methods' schedules mean the same for every method. Logged: each part's
+    ``train/loss_<part>``, their sum as ``train/loss``, and the parts' logs. Every optimizer's
+    and schedule's state is in the checkpoints (Lightning saves all of them).
     """
 
     def __init__(
@@ -37,6 +58,7 @@ class PretrainModule(L.LightningModule):
         lr: float = 0.06,
         weight_decay: float = 5e-4,
         sgd_momentum: float = 0.9,
+        adam_betas: tuple[float, float] = ADAM_BETAS,
         warmup_steps: int = 0,
         total_steps: int = 1,
         channels_last: bool = False,
@@ -49,6 +71,7 @@ class PretrainModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.sgd_momentum = sgd_momentum
+        self.adam_betas = (float(adam_betas[0]), float(adam_betas[1]))
         self.warmup_steps = warmup_steps
         self.total_steps = max(1, total_steps)
         self.channels_last = channels_last
@@ -58,6 +81,8 @@ class PretrainModule(L.LightningModule):
         self._clock_start: float | None = None
         # enough to rebuild the method from a checkpoint alone
         self.save_hyperparameters({"build_config": build_config or {}})
+        self.part_names = [name for name, _ in checked_parts(method)]
+        self.automatic_optimization = len(self.part_names) == 1
 
     def _images_and_fields(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """(images, the method's per-sample fields) of a loader batch."""
@@ -110,20 +135,54 @@ class PretrainModule(L.LightningModule):
             views = self.method.views(images)
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        out = self.method.training_loss(views, **self.method.select_fields(fields))
-        loss = out.loss
-        if not torch.isfinite(loss.detach()).item():
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                "stopped. Lower the learning rate or use precision=32-true; the last good "
-                "checkpoint is kept"
-            )
+        fields = self.method.select_fields(fields)
+        if not self.automatic_optimization:
+            out = self._step_each_part(views, fields)
+        else:
+            out = self.method.training_loss(views, **fields)
+            self._check_finite(out.loss)
         batch_size = images.shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
         for key, value in out.logs.items():
             self.log(f"train/{key}", value, batch_size=batch_size)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
-        return loss
+        optimizer = self.optimizers()
+        optimizer = optimizer[0] if isinstance(optimizer, list) else optimizer
+        self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=batch_size)
+        return out.loss
+
+    def _check_finite(self, loss: Tensor, part: str = "") -> None:
+        if not torch.isfinite(loss.detach()).item():
+            raise NonFiniteLossError(
+                f"loss{part} is {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}); stopped. Lower the learning rate or use "
+                "precision=32-true; the last good checkpoint is kept"
+            )
+
+    def _step_each_part(self, views: list[Tensor], fields: dict[str, Tensor]) -> LossOutput:
+        """One optimizer step per part, in the method's update order (see the class doc);
+        returns the parts' summed loss (detached) and their logs."""
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+        last = len(self.part_names) - 1
+        total = torch.zeros((), device=views[0].device)
+        logs: dict[str, Tensor | float] = {}
+        steps = zip(self.part_names, optimizers, schedulers, strict=True)  # type: ignore[arg-type]
+        for index, (part, optimizer, scheduler) in enumerate(steps):
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            self.method.zero_grad(set_to_none=True)
+            with only_trainable(self.method, parameters):
+                out = self.method.part_loss(views, part, **fields)
+                self._check_finite(out.loss, f" of part '{part}'")
+                self.manual_backward(out.loss)
+            if index == last:
+                optimizer.step()  # counted: one global step per batch
+            else:  # the same precision plugin, hooks and AMP scaler, without the step counter
+                self.trainer.strategy.optimizer_step(optimizer.optimizer, do_nothing_closure)
+            scheduler.step()
+            total += out.loss.detach().float()
+            logs.update(out.logs)
+            logs[f"loss_{part}"] = out.loss.detach()
+        self.method.zero_grad(set_to_none=True)
+        return LossOutput(total, logs)
 
     def on_train_epoch_start(self) -> None:
         self.method.on_train_epoch_start(self.current_epoch)
@@ -137,12 +196,23 @@ class PretrainModule(L.LightningModule):
             self.trainer.should_stop = True  # the budget is spent and the LR has annealed
 
     def configure_optimizers(self) -> Any:
+        """One optimizer and warm-up + cosine LR schedule per optimizer part of the method
+        (one for most methods), in the parts' update order."""
+        configs = [self._optimizer_config(params) for _, params in checked_parts(self.method)]
+        if self.automatic_optimization:
+            return configs[0]
+        for config in configs:
+            del config["lr_scheduler"]["interval"]  # manual optimization steps them itself
+        return configs
+
+    def _optimizer_config(self, parameters: list[nn.Parameter]) -> dict[str, Any]:
         optimizer = build_optimizer(
             self.optimizer_name,
-            self.method,
+            parameters,
             lr=self.lr,
             weight_decay=self.weight_decay,
             momentum=self.sgd_momentum,
+            betas=self.adam_betas,
         )
         warmup, total = self.warmup_steps, self.total_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(

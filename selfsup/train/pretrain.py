@@ -16,6 +16,7 @@ from selfsup.data.image_dataset import ImageDataset
 from selfsup.data.spec import MEMORY_PREFIX, absolute_spec, spec_kind
 from selfsup.data.torch_dataset import as_image_dataset
 from selfsup.eval.knn import backbone_knn_scores
+from selfsup.eval.reconstructions import MAX_EXAMPLES
 from selfsup.methods import METHODS, build
 from selfsup.runtime.allocator import glibc, heap_allocations
 from selfsup.runtime.optim import scaled_lr
@@ -241,7 +242,8 @@ def _train(
     callbacks += checkpoint_callbacks(run_dir / "checkpoints", monitor_key)
     expected_steps = steps_per_epoch(cfg, len(train), expected_world_size(cfg))
     trainer = make_trainer(cfg, run_dir, callbacks, monitor_key, precision, expected_steps,
-                           sync_batchnorm=method.sync_batchnorm)  # fmt: skip
+                           sync_batchnorm=method.sync_batchnorm,
+                           several_optimizers=method.several_optimizers)  # fmt: skip
     world = trainer.world_size
     epoch_steps = steps_per_epoch(cfg, len(train), world)
     total_steps = total_training_steps(epoch_steps, cfg.epochs, cfg.max_steps)
@@ -252,6 +254,7 @@ def _train(
         lr=lr,
         weight_decay=cfg.weight_decay,
         sgd_momentum=cfg.sgd_momentum,
+        adam_betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
         warmup_steps=warmup_steps_for(cfg.warmup_epochs, epoch_steps, total_steps),
         total_steps=total_steps,
         channels_last=channels_last,
@@ -277,7 +280,9 @@ def _train(
     with metrics_parts(run_dir, resumed=resume_ckpt is not None):
         _fit(trainer, module, datamodule, run_dir, resume_ckpt, heap)
     if trainer.is_global_zero:
-        finish_run(run_dir, trainer, module, cfg, summary, callbacks)
+        shown = queries if queries is not None else train  # reconstructions of unseen maps
+        examples = shown.images[:MAX_EXAMPLES]
+        finish_run(run_dir, trainer, module, cfg, summary, callbacks, examples)
     return module
 
 

@@ -116,11 +116,15 @@ def make_trainer(
     precision: str,
     log_every_at_most: int,
     sync_batchnorm: bool = True,
+    several_optimizers: bool = False,
 ) -> L.Trainer:
     """Lightning's Trainer for this run; its complaints about the user's setup (no GPU, bad
     devices) become one-line ValueErrors. Metrics are logged at least once an epoch
     (``log_every_at_most``: the steps of one epoch). ``sync_batchnorm``: the method's wish
-    (``Method.sync_batchnorm``; False for MoCo's shuffled BN), applied on multi-GPU runs."""
+    (``Method.sync_batchnorm``; False for MoCo's shuffled BN), applied on multi-GPU runs.
+    ``several_optimizers``: the method trains several optimizer parts (``Method.
+    optimizer_parts``), each backward reaching one part only, so DDP must not wait for the
+    other parts' gradients (``find_unused_parameters``)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     world = expected_world_size(cfg)
@@ -129,7 +133,11 @@ def make_trainer(
             accelerator=cfg.accelerator,
             devices=cfg.devices,
             num_nodes=cfg.num_nodes,
-            strategy="ddp" if world > 1 else "auto",
+            strategy=(
+                ("ddp_find_unused_parameters_true" if several_optimizers else "ddp")
+                if world > 1
+                else "auto"
+            ),
             # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics
             sync_batchnorm=sync_batchnorm and world > 1 and on_gpu(cfg.accelerator),
             precision=precision,

@@ -146,6 +146,35 @@ def rgb_to_lab(x: Tensor) -> Tensor:
     return torch.cat([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], 1)
 
 
+def lab_to_rgb(lab: Tensor) -> Tensor:
+    """CIE L*a*b* [B, 3, H, W] (D65) -> sRGB [B, 3, H, W] in [0, 1], float32: the inverse of
+    ``rgb_to_lab`` (as ``skimage.color.lab2rgb``), for showing colours a model predicted:
+        f_y = (L + 16) / 116,  f_x = f_y + a / 500,  f_z = f_y - b / 200
+        t = f ** 3 if f > 6/29 else 3 (6/29) ** 2 (f - 4/29)           (per X, Y, Z; x white)
+        linear = SRGB_TO_XYZ^-1 @ (X, Y, Z)
+        c = 12.92 linear if linear <= 0.0031308 else 1.055 linear ** (1/2.4) - 0.055,
+    clamped to [0, 1] (L*a*b* outside the sRGB gamut has no exact RGB).
+    """
+    if lab.ndim != 4 or lab.shape[1] != 3:
+        raise ValueError(f"lab_to_rgb needs L*a*b* images [B, 3, H, W], got {tuple(lab.shape)}")
+    lab = lab.float()
+    fy = (lab[:, 0:1] + 16) / 116
+    delta = 6 / 29
+    xyz = [
+        torch.where(f > delta, f.pow(3), 3 * delta**2 * (f - 4 / 29)) * white
+        for f, white in zip(
+            (fy + lab[:, 1:2] / 500, fy, fy - lab[:, 2:3] / 200), D65_WHITE, strict=True
+        )
+    ]
+    inverse = torch.linalg.inv(torch.tensor(SRGB_TO_XYZ, dtype=torch.float64)).tolist()
+    linear = [(xyz[0] * m[0] + xyz[1] * m[1] + xyz[2] * m[2]).clamp(0, 1) for m in inverse]
+    rgb = [
+        torch.where(c <= 0.0031308, 12.92 * c, 1.055 * c.clamp_min(1e-12).pow(1 / 2.4) - 0.055)
+        for c in linear
+    ]
+    return torch.cat(rgb, 1).clamp(0, 1)
+
+
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """Shift H in HSV by ``shift`` [B] (fraction of the colour circle, wraps around), keeping
     S and V: the same as hsv_to_rgb(H + shift, S, V) without forming S. RGB only."""

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from selfsup.views.ops import MIN_PIECE_SIZE
 from selfsup.views.sampling import rand, randint
 
 JIGSAW_GRIDS = (2, 3)
 # the paper's 64 px tiles in 75 px cells: the random gap between tiles hides edge continuity
 TILE_FRACTION = 64 / 75
-MIN_TILE_SIZE = 4  # below this a tile holds too little to place (and a conv stack to take)
+MIN_TILE_SIZE = MIN_PIECE_SIZE
 # images from this size up are cut 3 x 3 (the paper's grid); smaller ones 2 x 2
 GRID_3_FROM = 64
 # the paper shifts the colour channels of a tile by up to 2 px of its 64 (chromatic aberration)

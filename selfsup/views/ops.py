@@ -36,6 +36,9 @@ from selfsup.views.geometric import (
 from selfsup.views.wafer import die_flip_noise
 
 STYLES = ("natural", "wafer")
+# the smallest jigsaw tile or CPC patch cut from an image: below it a piece is mostly the zero
+# padding of a backbone's first 3x3 convolutions
+MIN_PIECE_SIZE = 4
 
 
 def check_style(style: str) -> str:

@@ -256,22 +256,47 @@ def rotnet(style: str, image_size: int) -> RecipeParts:
     )
 
 
+def _one_view(style: str, image_size: int, **natural: Any) -> RecipeParts:
+    """One view per image (the method cuts it into tiles or patches): the wafer base, or
+    SimCLR's natural pipeline with ``natural`` parameters on top."""
+    if style == "wafer":
+        return RecipeParts(_wafer_defaults(), lambda p, s: _wafer_views(p, s, 1))
+    defaults = {**_simclr_defaults(image_size), **natural}
+    return RecipeParts(defaults, lambda p, s: _natural_views(p, s, 1))
+
+
 @VIEW_RECIPES.register("jigsaw")
 def jigsaw(style: str, image_size: int) -> RecipeParts:
     """Jigsaw (Noroozi & Favaro 2016): one view per image that the method cuts into its puzzle
     (``selfsup.views.jigsaw``). Crop 0.6-1 and flip; against chromatic aberration grayscale
     with p 0.3, no colour jitter (the method normalises every tile on its own and shifts its
     colour channels). Wafer maps: turns, flips and die noise."""
-    if style == "wafer":
-        return RecipeParts(_wafer_defaults(), lambda p, s: _wafer_views(p, s, 1))
-    defaults = {
-        **_simclr_defaults(image_size),
-        "crop_scale": (0.6, 1.0),
-        "jitter_p": 0.0,
-        "grayscale_p": 0.3,
-        "blur_p": 0.0,
-    }
-    return RecipeParts(defaults, lambda p, s: _natural_views(p, s, 1))
+    return _one_view(
+        style, image_size, crop_scale=(0.6, 1.0), jitter_p=0.0, grayscale_p=0.3, blur_p=0.0
+    )
+
+
+@VIEW_RECIPES.register("cpc")
+def cpc(style: str, image_size: int) -> RecipeParts:
+    """CPC (van den Oord et al. 2018; Henaff et al. 2020): one view per image, from which the
+    method cuts its grid of patches and augments every patch on its own
+    (``views.patches.augment_patches``). The view: CPC's resize-to-300 / random 256 crop (about
+    0.73 of the area) as a random resized crop of 0.7-1 with a flip, no colour, blur or
+    solarize (colour dropping is per patch). Wafer maps: the wafer base (90-degree turns,
+    flips, die noise)."""
+    return _one_view(
+        style, image_size, crop_scale=(0.7, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0
+    )
+
+
+@VIEW_RECIPES.register("mae")
+def mae(style: str, image_size: int) -> RecipeParts:
+    """MAE (He et al. 2022, appendix A.1): one view per image, a random resized crop of 0.2-1
+    and a flip, no colour, grayscale or blur (masking is the augmentation that matters).
+    Wafer maps: the wafer base (90-degree turns, flips, die noise)."""
+    return _one_view(
+        style, image_size, crop_scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0
+    )
 
 
 @VIEW_RECIPES.register("pirl")
@@ -289,3 +314,27 @@ def pirl(style: str, image_size: int) -> RecipeParts:
         return _natural_views(p, size, 1) + _natural_views(transformed, size, 1)
 
     return RecipeParts(defaults, build)
+
+
+@VIEW_RECIPES.register("autoencoder")
+def autoencoder(style: str, image_size: int) -> RecipeParts:
+    """The autoencoders (denoising_ae, context_ae, split_brain): one lightly augmented view per
+    image, which the method corrupts (noise, erased blocks) or splits (L / ab) and reconstructs:
+    crop 0.5-1 and flip, no colour, blur or solarize (the view is the target, and split-brain
+    predicts colour from lightness). Wafer maps: the wafer base (turns, flips, die noise)."""
+    return _one_view(
+        style, image_size, crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0
+    )
+
+
+@VIEW_RECIPES.register("bigan")
+def bigan(style: str, image_size: int) -> RecipeParts:
+    """BiGAN (Donahue et al. 2017, their code's ImageNet input): one view per image, a random
+    square crop of (64/72)^2 = 0.79 of the area (their random 64 px crop of a 72 px image), no
+    flip, colour, blur or solarize: the generator learns the data as the encoder sees it.
+    Wafer maps: the wafer base (90-degree turns, flips, die noise)."""
+    area = (64 / 72) ** 2
+    return _one_view(
+        style, image_size, crop_scale=(area, area), crop_ratio=(1.0, 1.0), hflip_p=0.0,
+        jitter_p=0.0, grayscale_p=0.0, blur_p=0.0,
+    )  # fmt: skip

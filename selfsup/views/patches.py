@@ -1,11 +1,12 @@
-"""A grid of overlapping patches cut from a batch, per-patch augmentation, and the "cpc" recipe.
+"""A grid of overlapping patches cut from a batch and per-patch augmentation (CPC v2).
 
 CPC (van den Oord et al. 2018; Henaff et al. 2020) encodes every patch of a grid of patches
 that overlap by half: a ``grid_size`` x ``grid_size`` grid of patches of ``2 * stride`` pixels
 every ``stride = size // (grid_size + 1)`` pixels, so the grid spans the image (CPC's 7x7 grid
 of 64 px patches every 32 px of a 256 px image; 8 px every 4 px at 32 px). The patches of a
 batch come out of one ``unfold`` (no loop over samples); ``augment_patches`` then draws every
-patch's flips and colour dropping on its own, as CPC v2's patch-based augmentation.
+patch's flips and colour dropping on its own, as CPC v2's patch-based augmentation. The
+"cpc" recipe (the view the patches are cut from) is in ``selfsup.views.paper_recipes``.
 """
 
 from __future__ import annotations
@@ -14,17 +15,10 @@ import torch
 from torch import Tensor
 
 from selfsup.views.geometric import random_flip
-from selfsup.views.paper_recipes import (
-    _natural_views,
-    _simclr_defaults,
-    _wafer_defaults,
-    _wafer_views,
-)
-from selfsup.views.recipes import VIEW_RECIPES, RecipeParts
+from selfsup.views.ops import MIN_PIECE_SIZE
 from selfsup.views.sampling import bernoulli, check_probability, randint
 
-# below this a patch is mostly the zero padding of a backbone's first 3x3 convolutions
-MIN_PATCH_SIZE = 4
+MIN_PATCH_SIZE = MIN_PIECE_SIZE
 
 
 def patch_geometry(size: int, grid_size: int) -> tuple[int, int]:
@@ -96,25 +90,6 @@ def augment_patches(
     if style == "wafer":
         return random_flip(out, flip_p, dim=-2, generator=generator)
     return drop_colors(out, color_drop_p, generator)
-
-
-@VIEW_RECIPES.register("cpc")
-def cpc(style: str, image_size: int) -> RecipeParts:
-    """CPC (van den Oord et al. 2018; Henaff et al. 2020): one view per image, from which the
-    method cuts its grid of patches and augments every patch on its own (``augment_patches``).
-    The view: CPC's resize-to-300 / random 256 crop (about 0.73 of the area) as a random
-    resized crop of 0.7-1 with a flip, no colour, blur or solarize (colour dropping is per
-    patch). Wafer maps: the wafer base (90-degree turns, flips, die noise)."""
-    if style == "wafer":
-        return RecipeParts(_wafer_defaults(), lambda p, s: _wafer_views(p, s, 1))
-    defaults = {
-        **_simclr_defaults(image_size),
-        "crop_scale": (0.7, 1.0),
-        "jitter_p": 0.0,
-        "grayscale_p": 0.0,
-        "blur_p": 0.0,
-    }
-    return RecipeParts(defaults, lambda p, s: _natural_views(p, s, 1))
 
 
 __all__ = [
