@@ -240,7 +240,9 @@ def test_smoke_training_moves_the_backbone_and_logs_accuracy():
 
 def test_a_225_px_image_trains_with_the_papers_grid():
     torch.manual_seed(0)
-    method = build(225)
+    assert build(225).grid == 2  # the 2 x 2 default at any size
+    assert build(225, grid=None).grid == 3  # by image size: the paper's 3 x 3 from 64 px
+    method = build(225, grid=3)
     assert method.grid == 3 and method.permutations.shape == (100, 9)
     images = torch.randint(0, 256, (2, 3, 225, 225), dtype=torch.uint8)
     assert method.puzzle(method.views(images)[0]).tiles.shape == (2, 9, 3, 64, 64)

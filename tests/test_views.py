@@ -660,7 +660,7 @@ def test_overrides_and_errors():
     assert make_views("fastsiam", image_size=8, num_views=3).num_views == 3
     byol = make_views("byol", image_size=8, blur_p=0.3, crop_scale=[0.2, 1.0])
     assert [v.blur_p for v in byol.views] == [0.3, 0.3] and byol.views[0].crop_scale == (0.2, 1.0)
-    with pytest.raises(ValueError, match=r"unknown view recipe 'simclrr'.*known: byol, dino, "):
+    with pytest.raises(ValueError, match=r"unknown view recipe 'simclrr'.*known: .*byol, .*dino, "):
         make_views("simclrr", image_size=8)
     with pytest.raises(ValueError, match="unknown view style 'medical'"):
         make_views("simclr", image_size=8, style="medical")
