@@ -206,18 +206,40 @@ def head_parameters(model: Any) -> int:
 # --- selfsup --------------------------------------------------------------------------------------
 
 
+# methods that build one encoder per channel group from a registered backbone's name, and
+# refuse a built module (split_brain's L and ab halves)
+BUILT_BY_NAME = ("split_brain",)
+
+
+def case_backbone(case: Case, method: str) -> Any:
+    """The case's backbone for ``method``: built (seeded), or its (name, keywords) for the
+    methods of ``BUILT_BY_NAME``."""
+    if method in BUILT_BY_NAME:
+        return case.backbone, dict(case.backbone_kwargs)
+    return _backbone(case)
+
+
 def build_selfsup(method: str, backbone: Any, size: int, num_images: int = BATCH) -> Any:
     """selfsup's ``method`` with its defaults and the head widths of ``PAIRINGS``; a method
     lightly lacks gets its defaults and, as ``selfsup pretrain`` gives it, its defaults for
-    ``num_images`` training images (``Method.data_defaults``: a memory bank's size)."""
+    ``num_images`` training images (``Method.data_defaults``: a memory bank's size).
+    ``backbone``: a built module, or (registered name, keywords) built here, seeded."""
+    import torch
+
     import selfsup
     from selfsup.methods import METHODS
 
+    by_name: dict[str, Any] = {}
+    if isinstance(backbone, tuple):
+        torch.manual_seed(SEED)
+        backbone, by_name = backbone[0], {"backbone_kwargs": backbone[1]}
     if method in PAIRINGS:
         sizes = PAIRINGS[method].sizes(backbone.feature_dim)
     else:
         sizes = METHODS.get(method).data_defaults(num_images, BATCH)
-    return selfsup.build(method, backbone=backbone, in_channels=3, image_size=size, **sizes)
+    return selfsup.build(
+        method, backbone=backbone, in_channels=3, image_size=size, **by_name, **sizes
+    )
 
 
 def selfsup_views(method: str, size: int) -> Any:
@@ -251,7 +273,7 @@ def run_selfsup(
 
     images = generated_images((warmup + steps + 1) * batch, size)
     dataset = ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-    method = build_selfsup(method_name, _backbone(case), size, len(dataset))
+    method = build_selfsup(method_name, case_backbone(case, method_name), size, len(dataset))
     precision = resolve_precision("auto", device)
     channels_last = resolve_channels_last(None, case.backbone, precision, device)
     if channels_last:
@@ -336,16 +358,30 @@ def sample_fields(method: Any, batch: int) -> dict[str, Any]:
     return {name: made[name] for name in getattr(method, "batch_fields", ())}
 
 
-def backbone_calls(method: Any, views: list[Any], bf16: bool) -> list[tuple[Any, Any, bool]]:
-    """The backbone calls of one ``training_loss`` on ``views``: (module, its input, whether
-    it ran with grad), for the backbone and every copy of it (momentum target, key encoder,
-    teacher), recorded by forward pre-hooks."""
+# (module, "forward" or "feature_map", its input, whether it ran with grad)
+BackboneCall = tuple[Any, str, Any, bool]
+
+
+def backbone_calls(method: Any, views: list[Any], bf16: bool) -> list[BackboneCall]:
+    """The backbone calls of one ``training_loss`` on ``views``: (module, which pass, its
+    input, whether it ran with grad), for the backbone and every copy of it (momentum target,
+    key encoder, teacher): forward passes recorded by forward pre-hooks, ``feature_map``
+    passes (the autoencoders', CPC's) by a recording wrapper on each backbone."""
     import torch
 
-    calls: list[tuple[Any, Any, bool]] = []
+    calls: list[BackboneCall] = []
 
     def record(module: Any, args: tuple[Any, ...]) -> None:
-        calls.append((module, args[0].detach(), torch.is_grad_enabled()))
+        calls.append((module, "forward", args[0].detach(), torch.is_grad_enabled()))
+
+    def recording_feature_map(module: Any) -> Any:
+        feature_map = module.feature_map
+
+        def wrapper(x: Any) -> Any:
+            calls.append((module, "feature_map", x.detach(), torch.is_grad_enabled()))
+            return feature_map(x)
+
+        return wrapper
 
     from selfsup.backbones import Backbone
 
@@ -357,6 +393,8 @@ def backbone_calls(method: Any, views: list[Any], bf16: bool) -> list[tuple[Any,
         and not any(isinstance(c, Backbone) for c in list(m.modules())[1:])
     ]
     hooks = [m.register_forward_pre_hook(record) for m in backbones]
+    for m in backbones:
+        m.feature_map = recording_feature_map(m)  # shadows the method on this instance
     device = views[0].device
     fields = {k: v.to(device) for k, v in sample_fields(method, views[0].shape[0]).items()}
     try:
@@ -365,20 +403,22 @@ def backbone_calls(method: Any, views: list[Any], bf16: bool) -> list[tuple[Any,
     finally:
         for hook in hooks:
             hook.remove()
+        for m in backbones:
+            del m.feature_map
     return calls
 
 
-def bare_passes(calls: list[tuple[Any, Any, bool]]) -> list[tuple[Any, Any, bool]]:
-    """``calls`` merged into one pass per (module, grad, input size): the fewest passes over
-    the same rows. A method that splits a batch (ShuffleBN's sub-batches) pays for the split
-    in its step / bare ratio."""
+def bare_passes(calls: list[BackboneCall]) -> list[BackboneCall]:
+    """``calls`` merged into one pass per (module, pass, grad, input size): the fewest passes
+    over the same rows. A method that splits a batch (ShuffleBN's sub-batches) pays for the
+    split in its step / bare ratio."""
     import torch
 
-    groups: dict[tuple[int, bool, tuple[int, ...]], tuple[Any, bool, list[Any]]] = {}
-    for module, x, grad in calls:
-        key = (id(module), grad, tuple(x.shape[1:]))
-        groups.setdefault(key, (module, grad, []))[2].append(x)
-    return [(module, torch.cat(xs), grad) for module, grad, xs in groups.values()]
+    groups: dict[tuple[int, str, bool, tuple[int, ...]], tuple[Any, str, bool, list[Any]]] = {}
+    for module, kind, x, grad in calls:
+        key = (id(module), kind, grad, tuple(x.shape[1:]))
+        groups.setdefault(key, (module, kind, grad, []))[3].append(x)
+    return [(module, kind, torch.cat(xs), grad) for module, kind, grad, xs in groups.values()]
 
 
 def bare_backbone_step(
@@ -400,19 +440,22 @@ def bare_backbone_step(
     passes = bare_passes(backbone_calls(method, views, bf16))
     if not passes:
         raise ValueError(
-            f"{method.method_name} makes no backbone forward pass (it reads feature maps or "
-            "visible tokens): its step / bare ratio is not measured here"
+            f"{method.method_name} makes no backbone pass (it encodes visible tokens only: "
+            "benchmarks/mae_speed.py times it): its step / bare ratio is not measured here"
         )
     if channels_last:
-        passes = [(m, x.contiguous(memory_format=torch.channels_last), g) for m, x, g in passes]
+        passes = [
+            (m, kind, x.contiguous(memory_format=torch.channels_last), g)
+            for m, kind, x, g in passes
+        ]
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         outputs = []
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for module, x, grad in passes:
+            for module, kind, x, grad in passes:
                 with torch.set_grad_enabled(grad):
-                    out = module(x)
+                    out = module(x) if kind == "forward" else module.feature_map(x)
                 if grad:
                     outputs.append(out.float().mean())
         sum(outputs).backward()
@@ -420,7 +463,9 @@ def bare_backbone_step(
         _sync(device.type)
         times.append(time.perf_counter() - start)
     described = ", ".join(
-        f"{'fwd+bwd' if grad else 'fwd'} {x.shape[0]}x{x.shape[-1]}px" for _, x, grad in passes
+        f"{'fwd+bwd' if grad else 'fwd'}{' (feature map)' if kind != 'forward' else ''} "
+        f"{x.shape[0]}x{x.shape[-1]}px"
+        for _, kind, x, grad in passes
     )
     return statistics.median(times), described
 

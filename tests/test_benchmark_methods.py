@@ -71,6 +71,10 @@ def test_row_cells_goal_collapse_and_supervised_marks():
     failed = bench.row_cells({"method": "swav", "error": "worker exited with code 1"}, 0.46)
     assert failed[:2] == ["swav", "failed: worker exited with code 1"]
     assert len(failed) == len(bench.COLUMNS)
+    # a method whose backbone build differs from the first method's (cmc's two encoders, a ViT)
+    # is measured against its own run's random init, not the table's row
+    own = bench.row_cells(method_record(knn=0.70, run_random_init_knn=0.60), 0.46)
+    assert own[-1] == "no (+0.100)"
     baseline = bench.row_cells({"method": "raw pixels", "knn": 0.52, "probe": 0.66}, 0.46)
     assert baseline == ["raw pixels", "–", "–", "–", "0.520", "0.660", "–", "–", "–"]
 

@@ -164,11 +164,8 @@ def _load_throughput():
 throughput = _load_throughput()
 PAIRED = list(throughput.PAIRINGS)
 # methods the throughput script cannot time yet, with why
-UNTIMED = {  # no whole-image backbone forward to time as the bare pass (issue 16: measure them)
+UNTIMED = {  # no whole-image backbone pass to time (benchmarks/mae_speed.py times it)
     "mae": "a ViT only; its encoder runs on visible tokens, no whole-image pass",
-    "denoising_ae": "decodes the backbone's feature map (Backbone.feature_map, no forward)",
-    "context_ae": "decodes the backbone's feature map (Backbone.feature_map, no forward)",
-    "split_brain": "predicts from its halves' feature maps (no forward)",
 }
 UNPAIRED = [m for m in METHODS.names() if m not in PAIRED and m not in UNTIMED]  # selfsup's side
 TINY = throughput.Case("tiny test", "convnet_tiny", 1, 1, 1, backbone_kwargs={"width": 4})
@@ -182,6 +179,9 @@ EXPECTED_PASSES = {
     "fastsiam": "fwd+bwd 32x16px",
     "dino": "fwd+bwd 16x16px, fwd+bwd 48x8px, fwd 16x16px",
     "rotnet": "fwd+bwd 32x16px",
+    # the autoencoders decode feature maps: the bare pass is the backbone's feature map
+    "denoising_ae": "fwd+bwd (feature map) 8x16px",
+    "context_ae": "fwd+bwd (feature map) 8x16px",
 }
 
 
@@ -238,19 +238,21 @@ def test_bare_passes_merge_one_modules_calls_per_size():
     online, target = torch.nn.Identity(), torch.nn.Identity()
     half = torch.zeros(4, 3, 16, 16)
     calls = [
-        (online, half, True),
-        (online, half + 1, True),  # ShuffleBN's second half-batch
-        (online, torch.zeros(6, 3, 8, 8), True),  # local crops: their own pass
-        (target, half, False),
-        (target, half, False),
+        (online, "forward", half, True),
+        (online, "forward", half + 1, True),  # ShuffleBN's second half-batch
+        (online, "forward", torch.zeros(6, 3, 8, 8), True),  # local crops: their own pass
+        (online, "feature_map", half, True),  # a feature-map pass is a pass of its own
+        (target, "forward", half, False),
+        (target, "forward", half, False),
     ]
     passes = throughput.bare_passes(calls)
-    assert [(m, x.shape[0], x.shape[-1], g) for m, x, g in passes] == [
-        (online, 8, 16, True),
-        (online, 6, 8, True),
-        (target, 8, 16, False),
+    assert [(m, kind, x.shape[0], x.shape[-1], g) for m, kind, x, g in passes] == [
+        (online, "forward", 8, 16, True),
+        (online, "forward", 6, 8, True),
+        (online, "feature_map", 4, 16, True),
+        (target, "forward", 8, 16, False),
     ]
-    assert torch.equal(passes[0][1][4:], half + 1)
+    assert torch.equal(passes[0][2][4:], half + 1)
 
 
 def test_methods_not_registered_or_not_taking_the_widths_are_skipped(monkeypatch):
@@ -275,10 +277,23 @@ def test_unpaired_methods_run_on_selfsups_side_only():
     assert throughput.recipes_for("simclr", recipes) == recipes
 
 
-def test_a_method_without_backbone_forward_passes_is_refused_by_name():
+def test_a_method_without_whole_image_backbone_passes_is_refused_by_name():
+    method = selfsup.build(
+        "mae", backbone="vit_tiny", backbone_kwargs={"depth": 1, "width": 32, "heads": 2},
+        image_size=SIZE,
+    )  # fmt: skip
+    batch = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="mae makes no backbone pass"):
+        throughput.bare_backbone_step(method, batch, "32-true", False, 1)
+
+
+def test_feature_map_passes_are_recorded_and_the_backbone_left_as_it_was():
     method = selfsup.build(
         "denoising_ae", backbone="convnet_tiny", backbone_kwargs={"width": 4}, image_size=SIZE
     )
-    batch = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
-    with pytest.raises(ValueError, match="denoising_ae makes no backbone forward pass"):
-        throughput.bare_backbone_step(method, batch, "32-true", False, 1)
+    views = method.views(torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8))
+    calls = throughput.backbone_calls(method, views, bf16=False)
+    assert [(m, kind, tuple(x.shape), g) for m, kind, x, g in calls] == [
+        (method.backbone, "feature_map", (4, 3, SIZE, SIZE), True)
+    ]
+    assert "feature_map" not in vars(method.backbone)  # the recording wrapper is gone

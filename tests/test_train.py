@@ -438,3 +438,51 @@ def test_metrics_are_logged_at_least_once_an_epoch(tmp_path):
     cfg = PretrainConfig(log_every_n_steps=50, accelerator="cpu", devices=1)
     trainer = make_trainer(cfg, tmp_path, [], None, "32-true", log_every_at_most=4)
     assert trainer.log_every_n_steps == 4
+
+
+class SaveRankViews(L.Callback):
+    """Each process's views of the same fixed images, drawn at its first training batch."""
+
+    def __init__(self, folder, images) -> None:
+        self.folder, self.images = folder, images
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            views = pl_module.method.views(self.images)
+            torch.save([v.detach() for v in views], self.folder / f"views{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_every_ddp_process_draws_its_own_views(tmp_path):
+    """Views are drawn on the device in the training processes, all seeded alike by Lightning:
+    without a stream of its own, process 1 would crop and flip exactly as process 0."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from selfsup.data import ImageDataset
+    from selfsup.train.trainer import BatchDataModule
+    from tests.conftest import tiny_simclr
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, max_steps=1, logger=False, enable_checkpointing=False,
+        strategy=DDPStrategy(start_method="spawn"), enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False,
+        callbacks=[SaveRankViews(tmp_path, images)],
+    )  # fmt: skip
+    L.seed_everything(0, verbose=False)
+    module = PretrainModule(tiny_simclr(), total_steps=1)
+    trainer.fit(module, datamodule=BatchDataModule(ImageDataset(images), 4, 0, 0))
+    first, second = (torch.load(tmp_path / f"views{r}.pt") for r in range(2))
+    assert len(first) == len(second) == 2
+    for a, b in zip(first, second, strict=True):
+        assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_process_zero_keeps_the_run_seed_and_the_others_get_their_own():
+    from selfsup.runtime.distributed import RANK_SEED_STRIDE, seed_rank_views
+
+    torch.manual_seed(7)
+    assert seed_rank_views(0) == 7 and torch.initial_seed() == 7
+    assert seed_rank_views(2, seed=7) == 7 + 2 * RANK_SEED_STRIDE == torch.initial_seed()
+    assert seed_rank_views(1, seed=2**63 - 1) < 2**63  # a valid seed even at the top

@@ -27,6 +27,27 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+# far apart, so the streams of neighbouring seeds and ranks do not overlap in practice
+RANK_SEED_STRIDE = 1_000_003
+
+
+def seed_rank_views(rank: int, seed: int | None = None) -> int:
+    """Give process ``rank`` its own torch random stream for the views; returns its seed.
+
+    Every process starts from the run's seed (Lightning seeds them alike, so the models start
+    identical), but the views are drawn on the device in the training process, not in loader
+    workers: with one seed, every process would crop, flip and mask its images with the same
+    random draws. Rank 0 keeps ``seed`` (a single-process run is unchanged); rank r continues
+    from ``seed + r * RANK_SEED_STRIDE``. ``seed`` defaults to ``torch.initial_seed()``.
+    Randomness that must agree across processes has its own generator (memory-bank draws) or
+    is broadcast from rank 0 (Shuffle-BN's permutation)."""
+    seed = torch.initial_seed() if seed is None else seed
+    if rank:
+        seed = (seed + rank * RANK_SEED_STRIDE) % 2**63
+        torch.manual_seed(seed)  # every device's default generator
+    return seed
+
+
 class _GatherWithGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]

@@ -17,6 +17,7 @@ from lightning.pytorch.core.optimizer import do_nothing_closure
 from torch import Tensor, nn
 
 from selfsup.methods.base import LossOutput, Method, checked_parts, only_trainable
+from selfsup.runtime.distributed import seed_rank_views
 from selfsup.runtime.optim import ADAM_BETAS, build_optimizer, warmup_cosine
 from selfsup.runtime.precision import views_threads
 
@@ -101,6 +102,7 @@ class PretrainModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._clock_start = time.monotonic()
+        seed_rank_views(self.global_rank)  # each process its own random views
         # a resumed run continues its schedules (EMA rate, temperatures) where it stopped
         self._update_time_progress()
         self.method.set_progress(self.progress())
