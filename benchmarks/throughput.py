@@ -33,9 +33,13 @@ per recipe. Printed per recipe: images/s end to end (data + augmentation + step;
 min-max of the runs), the ratio to lightly, peak memory, and for selfsup its step time divided
 by the bare backbone passes of one step on the same views and precision: forward + backward of
 the backbone on the views it trains on, plus the forward of a momentum copy (BYOL's target,
-MoCo's key encoder, DINO's teacher) where the method has one. What is left over is heads, loss,
-queues, Sinkhorn, nearest neighbours, EMA updates and the optimizer. Without lightly only the
-selfsup rows are printed.
+MoCo's key encoder, DINO's teacher) where the method has one. What is left over is views,
+heads, loss, queues, Sinkhorn, nearest neighbours, EMA updates and the optimizer. The bare
+passes run once after every training step, in the same process, timed apart and left out of
+the step's time: each step is divided by the bare passes right after it and the ratio is the
+median of these pairs, so a machine whose speed drifts (a shared VM: the same bare passes
+measured 250-590 ms in consecutive processes here) moves both sides of each pair together.
+Without lightly only the selfsup rows are printed.
 """
 
 from __future__ import annotations
@@ -79,15 +83,14 @@ class Case:
     backbone: str
     warmup: int
     steps: int
-    bare_repeats: int
     backbone_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 CASES = {
-    "resnet18": Case("CIFAR-stem ResNet-18", "cifar_resnet18", warmup=1, steps=2, bare_repeats=2),
+    "resnet18": Case("CIFAR-stem ResNet-18", "cifar_resnet18", warmup=1, steps=2),
     # enough warm-up to drain the workers' prefetched batches: the timed steps then see the
     # steady state of an augmentation-bound loop
-    "tiny": Case("convnet_tiny (width 32)", "convnet_tiny", warmup=4, steps=10, bare_repeats=3),
+    "tiny": Case("convnet_tiny (width 32)", "convnet_tiny", warmup=4, steps=10),
 }
 RECIPES = ("selfsup", "lightly-fp32", "lightly-bf16")
 
@@ -259,7 +262,6 @@ def run_selfsup(
     *,
     batch: int = BATCH,
     size: int = SIZE,
-    bare_repeats: int | None = None,
 ) -> dict[str, Any]:
     """One run of selfsup's trainer path; also times the bare backbone passes of a step."""
     import lightning as L
@@ -281,7 +283,8 @@ def run_selfsup(
     module = PretrainModule(
         method, lr=LR, total_steps=warmup + steps, channels_last=channels_last, warmup_steps=0
     )
-    clock = StepClock(device)
+    bare = BarePasses(method, dataset.images[:batch], precision, channels_last)
+    clock = StepClock(device, between_steps=bare)
     trainer = L.Trainer(
         accelerator=device,
         devices=1,
@@ -303,20 +306,17 @@ def run_selfsup(
     # as `selfsup pretrain` does on CPU; the bare backbone is timed under the same allocator
     with heap_allocations(device == "cpu") as heap:
         trainer.fit(module, train_dataloaders=loader)
-        rate, step_s = _rate(clock.times, warmup, steps, batch)
-        result = {"images_per_s": rate, "step_s": step_s, **_peak_memory(device, 0.0)}
-        bare, passes = bare_backbone_step(
-            method,
-            dataset.images[:batch],
-            precision,
-            channels_last,
-            bare_repeats or case.bare_repeats,
-        )
+        timed = slice(warmup, warmup + steps)
+        step_times, bare_times = clock.steps[timed], clock.between[timed]
+        step_s = sum(step_times) / len(step_times)
+        result = {"images_per_s": batch / step_s, "step_s": step_s, **_peak_memory(device, 0.0)}
     result.update(
-        bare_s=bare,
-        bare_passes=passes,
+        bare_s=statistics.median(bare_times),
+        bare_passes=bare.described,
         views_s=views_time(method, dataset.images[:batch], device),
-        step_over_bare=step_s / bare,
+        step_over_bare=statistics.median(
+            s / b for s, b in zip(step_times, bare_times, strict=True)
+        ),
         precision=precision,
         channels_last=channels_last,
         heap_allocations=heap,
@@ -327,11 +327,17 @@ def run_selfsup(
 
 
 class StepClock:
-    """Timestamps at the end of every training step (after the optimizer step)."""
+    """Each training step's duration end to end: from the end of the previous one (or the
+    start of training) to the end of its optimizer step, data loading included. With
+    ``between_steps`` (a callable returning seconds), that reference is run and timed after
+    every step and left out of the next step's duration: ``between[i]`` follows ``steps[i]``."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, between_steps: Any = None) -> None:
         self.device = device
-        self.times: list[float] = []
+        self.between_steps = between_steps
+        self.steps: list[float] = []
+        self.between: list[float] = []
+        self._start = 0.0
 
     def callback(self) -> Any:
         import lightning as L
@@ -339,9 +345,16 @@ class StepClock:
         clock = self
 
         class _Clock(L.Callback):
+            def on_train_start(self, *args: Any, **kwargs: Any) -> None:
+                _sync(clock.device)
+                clock._start = time.perf_counter()
+
             def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
                 _sync(clock.device)
-                clock.times.append(time.perf_counter())
+                clock.steps.append(time.perf_counter() - clock._start)
+                if clock.between_steps is not None:
+                    clock.between.append(clock.between_steps())
+                clock._start = time.perf_counter()
 
         return _Clock()
 
@@ -358,27 +371,33 @@ def sample_fields(method: Any, batch: int) -> dict[str, Any]:
     return {name: made[name] for name in getattr(method, "batch_fields", ())}
 
 
-# (module, "forward" or "feature_map", its input, whether it ran with grad)
+# (module, "forward" or "feature_map", its input, whether it built a graph to backpropagate)
 BackboneCall = tuple[Any, str, Any, bool]
 
 
 def backbone_calls(method: Any, views: list[Any], bf16: bool) -> list[BackboneCall]:
     """The backbone calls of one ``training_loss`` on ``views``: (module, which pass, its
-    input, whether it ran with grad), for the backbone and every copy of it (momentum target,
-    key encoder, teacher): forward passes recorded by forward pre-hooks, ``feature_map``
-    passes (the autoencoders', CPC's) by a recording wrapper on each backbone."""
+    input, whether it built a graph: grad on and its parameters or input trainable), for the
+    backbone and every copy of it (momentum target, key encoder, teacher): forward passes
+    recorded by forward pre-hooks, ``feature_map`` passes (the autoencoders', CPC's) by a
+    recording wrapper on each backbone."""
     import torch
 
     calls: list[BackboneCall] = []
 
+    def builds_graph(module: Any, x: Any) -> bool:
+        # a frozen backbone (BiGAN's encoder in the discriminator's part) runs forward only
+        trains = x.requires_grad or any(p.requires_grad for p in module.parameters())
+        return torch.is_grad_enabled() and trains
+
     def record(module: Any, args: tuple[Any, ...]) -> None:
-        calls.append((module, "forward", args[0].detach(), torch.is_grad_enabled()))
+        calls.append((module, "forward", args[0].detach(), builds_graph(module, args[0])))
 
     def recording_feature_map(module: Any) -> Any:
         feature_map = module.feature_map
 
         def wrapper(x: Any) -> Any:
-            calls.append((module, "feature_map", x.detach(), torch.is_grad_enabled()))
+            calls.append((module, "feature_map", x.detach(), builds_graph(module, x)))
             return feature_map(x)
 
         return wrapper
@@ -410,64 +429,82 @@ def backbone_calls(method: Any, views: list[Any], bf16: bool) -> list[BackboneCa
 
 def bare_passes(calls: list[BackboneCall]) -> list[BackboneCall]:
     """``calls`` merged into one pass per (module, pass, grad, input size): the fewest passes
-    over the same rows. A method that splits a batch (ShuffleBN's sub-batches) pays for the
-    split in its step / bare ratio."""
+    over the same rows, the trained passes first. A method that splits a batch (ShuffleBN's
+    sub-batches) pays for the split in its step / bare ratio."""
     import torch
 
     groups: dict[tuple[int, str, bool, tuple[int, ...]], tuple[Any, str, bool, list[Any]]] = {}
     for module, kind, x, grad in calls:
         key = (id(module), kind, grad, tuple(x.shape[1:]))
         groups.setdefault(key, (module, kind, grad, []))[3].append(x)
-    return [(module, kind, torch.cat(xs), grad) for module, kind, grad, xs in groups.values()]
+    merged = [(module, kind, torch.cat(xs), grad) for module, kind, grad, xs in groups.values()]
+    return sorted(merged, key=lambda call: not call[3])  # stable: first-seen order within each
 
 
-def bare_backbone_step(
-    method: Any, batch: Any, precision: str, channels_last: bool, repeats: int
-) -> tuple[float, str]:
-    """(median seconds, what was run) of the backbone passes one step of the method needs,
-    on one batch's views at the same precision and memory format: forward + backward over
-    every row the backbone trains on, forward alone for its momentum copies, one pass per
-    module and view size; no heads, no loss. The backbone is warm (the training run just used
-    the same shapes)."""
-    import torch
+class BarePasses:
+    """The backbone passes one step of the method needs, on one batch's views at the same
+    precision and memory format: forward + backward over every row the backbone trains on,
+    forward alone for its momentum copies, one pass per module and view size; no heads, no
+    loss. Calling it runs them once and returns the seconds taken. The passes are found on the
+    first call (one ``training_loss`` with recording hooks), on the device the method is on
+    by then."""
 
-    device = next(method.parameters()).device
-    views = method.views(batch.to(device))
-    if channels_last:
-        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    bf16 = precision == "bf16-mixed"
-    method.train()
-    passes = bare_passes(backbone_calls(method, views, bf16))
-    if not passes:
-        raise ValueError(
-            f"{method.method_name} makes no backbone pass (it encodes visible tokens only: "
-            "benchmarks/mae_speed.py times it): its step / bare ratio is not measured here"
+    def __init__(self, method: Any, batch: Any, precision: str, channels_last: bool) -> None:
+        self.method, self.batch = method, batch
+        self.bf16 = precision == "bf16-mixed"
+        self.channels_last = channels_last
+        self.passes: list[BackboneCall] | None = None
+        self.described = ""
+
+    def prepare(self) -> None:
+        import torch
+
+        method = self.method
+        device = next(method.parameters()).device
+        views = method.views(self.batch.to(device))
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        passes = bare_passes(backbone_calls(method, views, self.bf16))
+        if not passes:
+            raise ValueError(
+                f"{method.method_name} makes no backbone pass (it encodes visible tokens only: "
+                "benchmarks/mae_speed.py times it): its step / bare ratio is not measured here"
+            )
+        if self.channels_last:
+            passes = [
+                (m, kind, x.contiguous(memory_format=torch.channels_last), g)
+                for m, kind, x, g in passes
+            ]
+        self.passes = passes
+        self.described = ", ".join(
+            f"{'fwd+bwd' if grad else 'fwd'}{' (feature map)' if kind != 'forward' else ''} "
+            f"{x.shape[0]}x{x.shape[-1]}px"
+            for _, kind, x, grad in passes
         )
-    if channels_last:
-        passes = [
-            (m, kind, x.contiguous(memory_format=torch.channels_last), g)
-            for m, kind, x, g in passes
-        ]
-    times = []
-    for _ in range(repeats):
+
+    def __call__(self) -> float:
+        import torch
+
+        if self.passes is None:
+            self.prepare()
+        assert self.passes is not None
+        device = self.passes[0][2].device
+        was_training = self.method.training
+        self.method.train()
         start = time.perf_counter()
         outputs = []
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for module, kind, x, grad in passes:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            for module, kind, x, grad in self.passes:
                 with torch.set_grad_enabled(grad):
                     out = module(x) if kind == "forward" else module.feature_map(x)
                 if grad:
                     outputs.append(out.float().mean())
         sum(outputs).backward()
-        method.zero_grad(set_to_none=True)
+        self.method.zero_grad(set_to_none=True)
         _sync(device.type)
-        times.append(time.perf_counter() - start)
-    described = ", ".join(
-        f"{'fwd+bwd' if grad else 'fwd'}{' (feature map)' if kind != 'forward' else ''} "
-        f"{x.shape[0]}x{x.shape[-1]}px"
-        for _, kind, x, grad in passes
-    )
-    return statistics.median(times), described
+        seconds = time.perf_counter() - start
+        self.method.train(was_training)
+        return seconds
 
 
 def views_time(method: Any, batch: Any, device: str, repeats: int = 5) -> float:

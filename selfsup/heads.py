@@ -57,7 +57,11 @@ def mlp(
 
 class DINOHead(nn.Module):
     """DINO projection head (Caron et al. 2021): 3-layer MLP with GELU, bottleneck, L2 norm,
-    then a weight-normalised linear layer to ``out_dim`` prototypes (its norm frozen at 1)."""
+    then a weight-normalised linear layer to ``out_dim`` prototypes, W_k = g_k v_k / |v_k|.
+
+    ``norm_last_layer`` (the official code's flag, default True): the norms g_k stay frozen at
+    1, so every logit is a cosine in [-1, 1]; False trains them (the DINO README: better and
+    less stable; what its authors use for ViT-S/16). x [B, in_dim] -> [B, out_dim]."""
 
     def __init__(
         self,
@@ -67,6 +71,7 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         batch_norm: bool = False,
+        norm_last_layer: bool = True,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -83,7 +88,7 @@ class DINOHead(nn.Module):
             nn.Linear(bottleneck_dim, out_dim, bias=False)
         )
         self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
-        self.last_layer.parametrizations.weight.original0.requires_grad = False
+        self.last_layer.parametrizations.weight.original0.requires_grad = not norm_last_layer
 
     @staticmethod
     def _init(m: nn.Module) -> None:

@@ -94,6 +94,20 @@ def test_dino_head_last_layer_norm_fixed():
     assert not g.requires_grad and torch.all(g == 1)
 
 
+def test_dino_head_trains_the_prototype_norms_when_asked():
+    torch.manual_seed(0)
+    head = DINOHead(8, 32, hidden_dim=16, bottleneck_dim=4, norm_last_layer=False)
+    g = head.last_layer.parametrizations.weight.original0
+    assert g.requires_grad and torch.all(g == 1)
+    x = torch.randn(3, 8)
+    assert head(x).abs().max() <= 1 + 1e-6  # cosines while the norms are 1
+    head(x).pow(2).sum().backward()
+    assert g.grad is not None and g.grad.abs().sum() > 0
+    with torch.no_grad():
+        g.mul_(5.0)
+    assert head(x).abs().max() > 1  # a trained norm scales its prototype's logits
+
+
 @pytest.mark.parametrize(
     "name, kwargs, size, grid",
     [("convnet_tiny", {"width": 4}, 16, 2), ("resnet18", {}, 64, 2), ("cifar_resnet18", {}, 16, 2)],

@@ -168,6 +168,23 @@ def test_momentum_targets_follow_the_ema_rule_and_stay_out_of_the_optimizer(name
     assert moved, "no target parameter moved after an optimizer step and an EMA update"
 
 
+def test_ema_update_blends_float_buffers_and_copies_integer_ones():
+    from selfsup.methods.base import ema_update
+
+    torch.manual_seed(0)
+    online = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    target = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    online(torch.randn(8, 3))  # moves the running statistics and counts one batch
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    ema_update(target, online, 0.9)
+    for key, value in target.state_dict().items():
+        if value.dtype.is_floating_point:
+            expected = 0.9 * before[key] + 0.1 * online.state_dict()[key]
+            assert torch.allclose(value, expected, atol=1e-7), key
+        else:
+            assert torch.equal(value, online.state_dict()[key]), key
+
+
 def test_default_momentum_schedules():
     byol = build("byol")
     assert (byol.base_momentum, byol.final_momentum) == (0.996, 1.0)
@@ -212,6 +229,15 @@ def test_dino_centre_update_and_teacher_temperature_warmup():
     assert method.teacher_temp == pytest.approx(0.055)
     method.on_train_step_end(0.6)
     assert method.teacher_temp == pytest.approx(0.07)
+
+
+def test_dino_norm_last_layer_reaches_student_and_teacher():
+    fixed, trained = build("dino"), build("dino", norm_last_layer=False)
+    for method, trainable in ((fixed, False), (trained, True)):
+        g = method.head.last_layer.parametrizations.weight.original0
+        teacher_g = method.teacher_head.last_layer.parametrizations.weight.original0
+        assert g.requires_grad is trainable and not teacher_g.requires_grad
+        assert any(p is g for p in method.parameters() if p.requires_grad) is trainable
 
 
 def test_dino_teacher_sees_global_views_only_and_local_size_override():

@@ -168,7 +168,7 @@ UNTIMED = {  # no whole-image backbone pass to time (benchmarks/mae_speed.py tim
     "mae": "a ViT only; its encoder runs on visible tokens, no whole-image pass",
 }
 UNPAIRED = [m for m in METHODS.names() if m not in PAIRED and m not in UNTIMED]  # selfsup's side
-TINY = throughput.Case("tiny test", "convnet_tiny", 1, 1, 1, backbone_kwargs={"width": 4})
+TINY = throughput.Case("tiny test", "convnet_tiny", 1, 1, backbone_kwargs={"width": 4})
 SIZE = 16  # DINO's and SwAV's local crops: 8 px
 BATCH = 8
 # the backbone passes of one step at batch 8 (ShuffleBN's two half-batches merged into one)
@@ -182,6 +182,8 @@ EXPECTED_PASSES = {
     # the autoencoders decode feature maps: the bare pass is the backbone's feature map
     "denoising_ae": "fwd+bwd (feature map) 8x16px",
     "context_ae": "fwd+bwd (feature map) 8x16px",
+    # the discriminator's part runs the encoder frozen: forward only
+    "bigan": "fwd+bwd 8x16px, fwd 8x16px",
 }
 
 
@@ -194,9 +196,7 @@ def _registered(method: str) -> None:
 @pytest.mark.parametrize("method", PAIRED + UNPAIRED)
 def test_selfsup_recipe_runs(method):
     _registered(method)
-    result = throughput.run_selfsup(
-        TINY, method, 1, 1, "cpu", batch=BATCH, size=SIZE, bare_repeats=1
-    )
+    result = throughput.run_selfsup(TINY, method, 1, 1, "cpu", batch=BATCH, size=SIZE)
     assert math.isfinite(result["loss"])
     assert result["images_per_s"] > 0 and result["step_over_bare"] > 0
     assert result["bare_passes"].startswith("fwd+bwd")
@@ -232,6 +232,26 @@ def test_lightly_transform_makes_selfsup_views_and_heads_are_as_wide(method):
     ours = throughput.build_selfsup(method, throughput._backbone(TINY), SIZE)
     ours_heads = throughput.head_parameters(ours)
     assert throughput.head_parameters(recipe.model) == pytest.approx(ours_heads, rel=0.05)
+
+
+def test_step_clock_leaves_the_bare_passes_between_steps_out_of_each_step(monkeypatch):
+    """Each step is timed from the end of the reference run after the previous step, so the
+    paired ratio compares a step with the bare passes run right after it."""
+    now = [0.0]
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: now[0])
+
+    def bare() -> float:
+        now[0] += 5.0  # the reference run takes 5 s of the clock
+        return 5.0
+
+    clock = throughput.StepClock("cpu", between_steps=bare)
+    callback = clock.callback()
+    callback.on_train_start()
+    for step_seconds in (1.0, 2.0, 3.0):
+        now[0] += step_seconds  # data loading + the step
+        callback.on_train_batch_end()
+    assert clock.steps == [1.0, 2.0, 3.0]
+    assert clock.between == [5.0, 5.0, 5.0]
 
 
 def test_bare_passes_merge_one_modules_calls_per_size():
@@ -284,7 +304,7 @@ def test_a_method_without_whole_image_backbone_passes_is_refused_by_name():
     )  # fmt: skip
     batch = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
     with pytest.raises(ValueError, match="mae makes no backbone pass"):
-        throughput.bare_backbone_step(method, batch, "32-true", False, 1)
+        throughput.BarePasses(method, batch, "32-true", False)()
 
 
 def test_feature_map_passes_are_recorded_and_the_backbone_left_as_it_was():

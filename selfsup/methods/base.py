@@ -488,13 +488,20 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, for parameters and float buffers."""
-    for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
+    """target <- momentum * target + (1 - momentum) * online, for parameters and float buffers
+    (integer buffers, e.g. BatchNorm's batch count, are copied). One fused multi-tensor lerp
+    per group instead of two kernels per tensor."""
+    pairs = list(zip(target.parameters(), online.parameters(), strict=True))
+    pairs += [
+        (t, o)
+        for t, o in zip(target.buffers(), online.buffers(), strict=True)
+        if t.dtype.is_floating_point
+    ]
+    if pairs:
+        targets, onlines = zip(*pairs, strict=True)
+        torch._foreach_lerp_(list(targets), [o.detach() for o in onlines], 1.0 - momentum)
     for t, o in zip(target.buffers(), online.buffers(), strict=True):
-        if t.dtype.is_floating_point:
-            t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
-        else:
+        if not t.dtype.is_floating_point:
             t.copy_(o)
 
 

@@ -28,6 +28,9 @@ class DINO(MomentumMethod):
     tau_s = 0.1; tau_t rises linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over the
     first ``warmup_teacher_temp_progress`` of training (DINO: 0.04 -> 0.04 over 30 of 100
     epochs by default; 0.04 -> 0.07 is their variant for unstable runs).
+    ``norm_last_layer`` (the official code's flag, default True): the prototypes' norms stay
+    1 (logits are cosines); False trains them, which the DINO README finds better and less
+    stable and uses for ViT-S/16 (``DINOHead``).
     Shapes: views 2 x [B, C, H, W] global then ``num_local_crops`` x [B, C, h, w] local;
     g(x) [B, out_dim]; c [out_dim]. ``encoder`` is the student: backbone + head.
 
@@ -46,6 +49,7 @@ class DINO(MomentumMethod):
         head_hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         use_bn_in_head: bool = False,
+        norm_last_layer: bool = True,
         student_temp: float = 0.1,
         teacher_temp: float = 0.04,
         warmup_teacher_temp: float = 0.04,
@@ -83,6 +87,7 @@ class DINO(MomentumMethod):
             hidden_dim=head_hidden_dim,
             bottleneck_dim=bottleneck_dim,
             batch_norm=use_bn_in_head,
+            norm_last_layer=norm_last_layer,
         )
         self.register_buffer("center", torch.zeros(out_dim))
         self.add_momentum_targets(
