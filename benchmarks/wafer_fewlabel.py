@@ -11,6 +11,7 @@ init on the same labels).
     python benchmarks/wafer_fewlabel.py --pretrain --epochs 9       # pretrain first (defaults)
     python benchmarks/wafer_fewlabel.py --pretrain --method byol --minutes 30 --epochs 100
     python benchmarks/wafer_fewlabel.py --run RUN --subsample 600   # quick smoke run
+    python benchmarks/wafer_fewlabel.py --run RUN --splits train_1  # the 1 % cells only
     python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune --baselines supervised \
         --finetune-views die_flip_p=0                                   # the best rows so far
 
@@ -94,7 +95,7 @@ def probe_rows(name, feats, data, num_classes, class_names, args, cells) -> dict
     rows: dict[str, Any] = {}
     for protocol in [p for p in args.protocols if p in ("linear", "mlp")]:
         fit = linear_probe if protocol == "linear" else mlp_probe
-        for split in LABEL_SPLITS:
+        for split in args.splits:
             cells.start(f"{protocol} probe", split, name)
             start = time.perf_counter()
             # Full-batch L-BFGS needs ~100-300 iterations on these features; the MLP probe
@@ -127,7 +128,7 @@ def finetune_rows(
     val_sel = subsample(data["val"], args.finetune_val, seed=1)
     views = recipe.with_params(**args.finetune_views)  # the pretraining views unless replaced
     semi = None if unlabeled is None else fixmatch_with(recipe, unlabeled)
-    for split in LABEL_SPLITS:
+    for split in args.splits:
         cells.start("finetune", split, name)
         start = time.perf_counter()
         result = finetune(
@@ -167,11 +168,11 @@ def finetune_rows(
     return rows
 
 
-def table(rows: dict[str, Any], key: str) -> str:
-    lines = [f"| {key} | " + " | ".join(SPLIT_LABEL[s] for s in LABEL_SPLITS) + " |"]
-    lines.append("|---|" + "---|" * len(LABEL_SPLITS))
+def table(rows: dict[str, Any], key: str, splits: tuple[str, ...] = LABEL_SPLITS) -> str:
+    lines = [f"| {key} | " + " | ".join(SPLIT_LABEL[s] for s in splits) + " |"]
+    lines.append("|---|" + "---|" * len(splits))
     for name, per_split in rows.items():
-        cells = [f"{per_split[s][key]:.3f}" if s in per_split else "–" for s in LABEL_SPLITS]
+        cells = [f"{per_split[s][key]:.3f}" if s in per_split else "–" for s in splits]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -218,6 +219,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--finetune-val", type=int, default=4000, help="val maps for selection")
     parser.add_argument(
+        "--splits", nargs="+", choices=LABEL_SPLITS, default=list(LABEL_SPLITS),
+        help="the label fractions to run (default: all three), e.g. --splits train_1",
+    )  # fmt: skip
+    parser.add_argument(
         "--semi", choices=["fixmatch"],
         help="also FixMatch fine-tuning rows (pretrained and from random init) with the maps of "
         "the four train splits as unlabelled data",
@@ -239,6 +244,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give --run RUN_FOLDER or --pretrain")
     if not args.progress_seconds >= 0:
         parser.error(f"--progress-seconds must be >= 0, got {args.progress_seconds}")
+    args.splits = tuple(s for s in LABEL_SPLITS if s in args.splits)  # table order, once each
     args.precision = resolve_precision(args.precision, "auto")
     try:
         args.finetune_views = apply_overrides({}, args.finetune_views, "--finetune-views")
@@ -254,7 +260,7 @@ def count_cells(args: argparse.Namespace) -> int:
     probe_rows_ = pretrained + sum(b in args.baselines for b in ("random", "raw"))
     finetune_rows_ = (pretrained + ("supervised" in args.baselines)) * (2 if args.semi else 1)
     cells = len(probes) * probe_rows_ + ("finetune" in args.protocols) * finetune_rows_
-    return cells * len(LABEL_SPLITS)
+    return cells * len(args.splits)
 
 
 def all_rows(
@@ -325,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     print()
     for key in ("macro_f1", "balanced_accuracy", "accuracy"):
-        print(table(rows, key) + "\n")
+        print(table(rows, key, args.splits) + "\n")
     print(
         f"backbone {method.backbone.name} ({method.feature_dim}-d), {method.method_name}, "
         f"{size} px, pretraining {summary.get('train_seconds', 0) / 60:.1f} min "

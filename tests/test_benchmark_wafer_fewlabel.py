@@ -59,3 +59,20 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
     assert cells[-1] == "[18/18] finetune train_20 (FixMatch from random init, simclr)"
     assert "fine-tune: 6/6 steps (100 %)" in captured.err
     assert "linear probe search: " in captured.err and "features of 800 images: " in captured.err
+
+
+def test_splits_choose_the_label_fractions_in_table_order():
+    bench = load_benchmark("wafer_fewlabel")
+    args = bench.parse_args([
+        "--run", "RUN", "--splits", "train_20", "train_1", "--semi", "fixmatch",
+        "--protocols", "finetune", "--baselines", "supervised",
+    ])  # fmt: skip
+    assert args.splits == ("train_1", "train_20")
+    assert bench.count_cells(args) == 4 * 2  # plain and FixMatch, pretrained and scratch
+    rows = {"pretrained + fine-tune": {"train_1": {"macro_f1": 0.5}, "train_20": {"macro_f1": 0.7}}}
+    assert bench.table(rows, "macro_f1", args.splits).splitlines() == [
+        "| macro_f1 | 1 % | 20 % |", "|---|---|---|", "| pretrained + fine-tune | 0.500 | 0.700 |",
+    ]  # fmt: skip
+    assert bench.parse_args(["--run", "RUN"]).splits == ("train_1", "train_10", "train_20")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--run", "RUN", "--splits", "train_5"])
