@@ -12,6 +12,8 @@ init on the same labels).
     python benchmarks/wafer_fewlabel.py --pretrain --method byol --minutes 30 --epochs 100
     python benchmarks/wafer_fewlabel.py --run RUN --subsample 600   # quick smoke run
     python benchmarks/wafer_fewlabel.py --run RUN --splits train_1  # the 1 % cells only
+    python benchmarks/wafer_fewlabel.py --run RUN --semi fixmatch --finetune-minutes 30
+                                                    # FixMatch rows, 30 min per fine-tuning cell
     python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune --baselines supervised \
         --finetune-views die_flip_p=0                                   # the best rows so far
 
@@ -136,7 +138,8 @@ def finetune_rows(
             augment=views.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
-            head_init=head_init, seed=args.seed, semi=semi, progress=cells.progress,
+            head_init=head_init, seed=args.seed, semi=semi, max_minutes=args.finetune_minutes,
+            progress=cells.progress,
         )  # fmt: skip
         test = result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
@@ -148,6 +151,8 @@ def finetune_rows(
                 "seed": args.seed,
                 "views": args.finetune_views,
                 "step": result.step,
+                "steps_run": result.steps_run,
+                "max_minutes": args.finetune_minutes,
                 "epoch": result.epoch,
                 "val_macro_f1": result.val_macro_f1,
                 **(
@@ -199,6 +204,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="at least this many fine-tuning steps (1 %% = 623 labels)",
     )
     parser.add_argument("--finetune-batch", type=int, default=128)
+    parser.add_argument(
+        "--finetune-minutes", type=float, default=None,
+        help="wall-clock budget per fine-tuning cell (the schedule ends when it is spent)",
+    )  # fmt: skip
     parser.add_argument(
         "--finetune-head",
         default="zero",

@@ -40,6 +40,7 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
     for name in ("pretrained + fine-tune", "supervised from scratch"):
         chosen = rows[name]["train_1"]["chosen"]
         assert chosen["views"] == {"die_flip_p": 0} and chosen["seed"] == 1
+        assert chosen["steps_run"] == 6 and chosen["max_minutes"] is None
     for name in ("pretrained + fine-tune + FixMatch", "FixMatch from random init"):
         semi = rows[name]["train_10"]["chosen"]["semi"]
         assert semi["method"] == "fixmatch" and semi["unlabeled"] == 800 and semi["ratio"] == 7

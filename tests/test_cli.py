@@ -181,6 +181,9 @@ def test_cli_finetune_views_replace_recipe_parameters(labelled_npz, tmp_path, ca
     views = json.loads((run / "eval_finetune_data.json").read_text())["chosen"]["views"]
     assert views["crop_scale"] == [0.5, 1.0] and views["hflip_p"] == 0.25
     assert views["jitter_p"] == 0.8  # the rest is the pretraining recipe's
+    assert main([*argv, "--minutes", "30"]) == 0  # a budget the 2 steps stay inside
+    chosen = json.loads((run / "eval_finetune_data.json").read_text())["chosen"]
+    assert chosen["max_minutes"] == 30 and chosen["steps_run"] == 2
     assert main([*argv, "--views", "die_flip_p=0"]) == 2  # a wafer parameter on photos
     assert "no parameter 'die_flip_p'" in capsys.readouterr().err
     assert main([*argv, "--views", "hflip_p"]) == 2

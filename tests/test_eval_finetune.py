@@ -41,6 +41,15 @@ def test_cli_refuses_label_fraction_outside_0_1(protocol, value, capsys):
     assert "--label-fraction" in error and f"got '{value}'" in error
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_cli_refuses_a_fine_tuning_budget_that_is_not_positive(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "finetune", "/nonexistent/run", "--minutes", value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--minutes" in error and f"got '{value}'" in error
+
+
 def test_label_fraction_accepts_0_to_1():
     assert label_fraction("1") == 1.0 and label_fraction("0.01") == 0.01
 
@@ -98,6 +107,50 @@ def test_min_steps_and_evaluations_give_few_labels_enough_steps():
         num_classes=2, epochs=1, min_steps=30, evaluations=3, batch_size=4,
     )  # fmt: skip
     assert [step for step, _ in result.history] == [10, 20, 30]
+
+
+def test_a_time_budget_ends_the_schedule_and_evaluates_the_last_step(monkeypatch):
+    import selfsup.eval.finetune as finetune_module
+
+    clock = iter(range(0, 10_000, 6))  # every reading 6 s later: budget 60 s ~ 10 steps
+    monkeypatch.setattr(finetune_module.time, "monotonic", lambda: float(next(clock)))
+    lrs = []
+    step = finetune_module._Trainer.step
+
+    def recording_step(self, *args):
+        lrs.append(self.optimizer.param_groups[0]["lr"])
+        return step(self, *args)
+
+    monkeypatch.setattr(finetune_module._Trainer, "step", recording_step)
+    train_x, train_y = blobs(8, 0)
+    val_x, val_y = blobs(16, 1)
+    result = finetune(
+        build_backbone("convnet_tiny", 1, width=4), train_x, train_y, val_x, val_y,
+        augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+        num_classes=2, epochs=1, min_steps=1000, evaluations=5, batch_size=4, lr=0.5,
+        max_minutes=1.0,
+    )  # fmt: skip
+    assert 5 <= result.steps_run < 20  # of the 1000 planned
+    evaluated = [s for s, _ in result.history]
+    assert evaluated[-1] == result.steps_run and len(evaluated) == 5  # spread over the time
+    assert lrs[-1] < 0.05 * 0.5  # the cosine has (nearly) reached 0 when the time is up
+    with pytest.raises(ValueError, match="max_minutes must be > 0, got 0"):
+        finetune(
+            build_backbone("convnet_tiny", 1, width=4), train_x, train_y, val_x, val_y,
+            augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+            num_classes=2, max_minutes=0,
+        )  # fmt: skip
+
+
+def test_without_a_budget_every_planned_step_runs():
+    train_x, train_y = blobs(8, 0)
+    result = finetune(
+        build_backbone("convnet_tiny", 1, width=4), train_x, train_y, *blobs(16, 1),
+        augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+        num_classes=2, epochs=1, min_steps=15, evaluations=10, batch_size=4,
+    )  # fmt: skip
+    assert result.steps_run == 15
+    assert [s for s, _ in result.history] == [2, 3, 5, 6, 8, 9, 11, 12, 14, 15]
 
 
 def test_class_weights_modes():

@@ -8,6 +8,7 @@ folder (``wrote <path>``).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,17 @@ def label_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got '{text}'") from None
 
 
+def positive_minutes(text: str) -> float:
+    """``--minutes``: a number of minutes > 0; argparse turns the error into exit code 2."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not minutes > 0 or math.isinf(minutes):
+        raise argparse.ArgumentTypeError(f"must be a number of minutes > 0, got '{text}'")
+    return minutes
+
+
 def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
     """Data and selection arguments of the supervised protocols (linear, mlp, finetune,
     transfer); the fine-tuning options only where they take effect."""
@@ -95,6 +107,11 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
         p.add_argument(
             "--min-steps", type=int, default=FINETUNE_MIN_STEPS,
             help="fine-tuning: at least this many steps (few labels make short epochs)",
+        )  # fmt: skip
+        p.add_argument(
+            "--minutes", type=positive_minutes, dest="max_minutes",
+            help="fine-tuning wall-clock budget: the LR schedule ends and training stops when "
+            "it is spent (or after the planned steps, whichever comes first)",
         )  # fmt: skip
         p.add_argument(
             "--head-init", default=HEAD_INITS[0], choices=HEAD_INITS,

@@ -309,6 +309,7 @@ def evaluate(
     probe: str = PROBES[0],
     epochs: int = FINETUNE_EPOCHS,
     min_steps: int = FINETUNE_MIN_STEPS,
+    max_minutes: float | None = None,
     head_init: str = HEAD_INITS[0],
     from_projector_layer: int | None = None,
     views: Mapping[str, Any] | None = None,
@@ -334,7 +335,8 @@ def evaluate(
     subset of the bank, the training monitor's ``knn_max_train`` draw). Supervised:
     ``train_split`` / ``val_split`` / ``test_split`` and
     ``val_data`` / ``test_data`` (``selfsup.eval.protocol.ProtocolData``), ``label_fraction``
-    of train's labels in (0, 1]. Fine-tuning: ``epochs``, ``min_steps``, ``head_init``
+    of train's labels in (0, 1]. Fine-tuning: ``epochs``, ``min_steps``, ``max_minutes`` (a
+    wall-clock budget: the schedule ends when it is spent; ``chosen.steps_run``), ``head_init``
     ("zero" or "probe"), ``views`` (view recipe parameters replaced, e.g. {"die_flip_p": 0}),
     ``from_projector_layer`` (k > 0: the backbone and the first k Linear-BN-ReLU layers of the
     method's projector are fine-tuned, read from the run's checkpoint; None: the method's
@@ -367,7 +369,7 @@ def evaluate(
                              test_data, label_fraction, unlabeled_data,
                              unlabeled_split)  # fmt: skip
         fit = FitSettings(seed, epochs, min_steps, head_init, dict(views or {}), batch_size,
-                          progress, semi)  # fmt: skip
+                          progress, semi, max_minutes)  # fmt: skip
         result = _evaluate_supervised(protocol, probe, where, load, fit)
         result.name = _supervised_record_name(protocol, probe, choice, where)
         if semi is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -211,7 +212,8 @@ class FinetuneResult:
     ``history`` holds (step, val macro-F1) of every evaluation; ``step`` is the chosen one and
     ``epoch`` the same point in passes over the labelled set. With FixMatch, ``mask_rates``
     holds (step, mean share of the unlabelled samples above the threshold since the previous
-    evaluation) at every evaluation.
+    evaluation) at every evaluation. ``steps_run``: the steps trained (fewer than planned when
+    a ``max_minutes`` budget ended the run).
     """
 
     model: Classifier
@@ -220,6 +222,7 @@ class FinetuneResult:
     val_macro_f1: float
     history: list[tuple[int, float]] = field(default_factory=list)
     mask_rates: list[tuple[int, float]] = field(default_factory=list)
+    steps_run: int = 0
 
     def predict(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
         """Class scores [N, C] (eval mode) for raw images."""
@@ -323,6 +326,7 @@ def finetune(
     precision: str = "32-true",
     seed: int = 0,
     semi: FixMatch | None = None,
+    max_minutes: float | None = None,
     progress: Progress | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``backbone`` with a linear head; pick the step on val macro-F1.
@@ -341,9 +345,14 @@ def finetune(
     > 0 its backbone and the first k blocks of its projector are (SimCLR v2: k = 1;
     ``finetune_network``). ``semi``: FixMatch with unlabelled images (``FixMatch``); its
     unlabelled batches are ``semi.ratio`` x ``batch_size``, and the labelled steps are as
-    without it.
+    without it. ``max_minutes``: a wall-clock budget for the steps and evaluations; the
+    schedule then runs on progress = max(step / total, elapsed / budget), so the cosine ends
+    and the last evaluation happens when the time is up, even after fewer steps (a FixMatch
+    step costs ~15 plain ones; ``FinetuneResult.steps_run`` tells how many ran).
     """
     _check_finetune_args(train_images, evaluations, head_init)
+    if max_minutes is not None and not max_minutes > 0:
+        raise ValueError(f"finetune: max_minutes must be > 0, got {max_minutes}")
     backbone = finetune_network(backbone, from_projector_layer)
     torch.manual_seed(seed)
     head = None
@@ -369,16 +378,19 @@ def finetune(
                              torch.Generator().manual_seed(seed + 1))  # fmt: skip
         plan += (f"; FixMatch: {semi.ratio} x {batch_size} of {semi.unlabeled.shape[0]} "
                  f"unlabelled images a step, threshold {semi.threshold}")  # fmt: skip
+    if max_minutes is not None:
+        plan += f"; at most {max_minutes:g} min (the schedule ends when the time is up)"
     resolve_progress(progress).note(plan)
     selection = trainer.run(
         total_steps, evaluations, batches,
         (train_images, train_labels), (val_images, val_labels), progress, unlabeled,
+        budget_s=None if max_minutes is None else 60 * max_minutes,
     )  # fmt: skip
     model = trainer.model
     model.load_state_dict(selection.state)
     step, score, history = selection.step, selection.score, selection.history
     return FinetuneResult(model.eval(), step, step / steps_per_epoch, score, history,
-                          selection.mask_rates)  # fmt: skip
+                          selection.mask_rates, selection.steps_run)  # fmt: skip
 
 
 def finetune_plan(epochs: int, steps_per_epoch: int, min_steps: int) -> tuple[int, str]:
@@ -459,20 +471,28 @@ class _Trainer:
         val: tuple[Tensor, Tensor],
         progress: Progress | None,
         unlabeled: Iterator[Tensor] | None = None,
+        budget_s: float | None = None,
     ) -> _Selection:
         """``total`` warm-up + cosine steps on ``batches`` of ``train`` (and with FixMatch
         ``unlabeled`` batches of ``self.semi.unlabeled``), scored on ``val`` ``evaluations``
-        times, evenly spaced: every score and the best step's weights."""
+        times, evenly spaced in progress: every score and the best step's weights. With
+        ``budget_s`` progress is max(step / total, elapsed / budget_s) and the run ends at 1."""
         device = next(self.model.parameters()).device
         num_classes = self.model.head.out_features
-        eval_at = {round(total * (i + 1) / evaluations) for i in range(evaluations)}
         base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         selection = _Selection()
         rates: list[float] = []
+        evaluated = 0  # evaluations done; the next is due at progress (evaluated + 1) / evaluations
+        start, time_progress = time.monotonic(), 0.0
         task = resolve_progress(progress).task("fine-tune", total, "steps")
         with heap_allocations(device.type == "cpu"):  # freed activations reused, not re-faulted
             for step in range(1, total + 1):
-                factor = warmup_cosine(step - 1, total, max(1, total // 20))
+                if budget_s is not None:
+                    time_progress = min(1.0, (time.monotonic() - start) / budget_s)
+                # warm-up and cosine both run on progress: a budget shorter than the plan
+                # compresses the whole schedule, warm-up included
+                at = max(step - 1, time_progress * total)
+                factor = warmup_cosine(at, total, max(1, total // 20))
                 for g, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
                     g["lr"] = base * factor
                 idx = next(batches)
@@ -485,14 +505,19 @@ class _Trainer:
                 )
                 if mask_rate is not None:
                     rates.append(mask_rate)
-                if step in eval_at:
+                done = max(step / total, time_progress)
+                if step == total or done >= 1.0 or done >= (evaluated + 1) / evaluations:
+                    evaluated = min(evaluations, math.floor(done * evaluations + 1e-9))
                     with self.autocast():
                         preds = _logits(self.model, val[0], self.preprocess).argmax(1)
                     selection.record(step, macro_f1(val[1], preds, num_classes), self.model)
                     if rates:  # FixMatch: the mean share above the threshold since the last
                         selection.mask_rates.append((step, sum(rates) / len(rates)))
                         rates = []
+                selection.steps_run = step
                 task.update(step, selection.status())
+                if done >= 1.0:
+                    break
         task.close()
         return selection
 
@@ -534,6 +559,7 @@ class _Selection:
     state: dict[str, Tensor] | None = None
     history: list[tuple[int, float]] = field(default_factory=list)
     mask_rates: list[tuple[int, float]] = field(default_factory=list)
+    steps_run: int = 0
 
     def record(self, step: int, score: float, model: nn.Module) -> None:
         self.history.append((step, score))

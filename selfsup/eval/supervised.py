@@ -32,9 +32,9 @@ MLP_PROBE_SETTINGS = {"batch_size": 256, "epochs": 40}
 @dataclass(frozen=True)
 class FitSettings:
     """How the supervised protocols fit: ``seed``; fine-tuning's ``epochs``, ``min_steps``,
-    ``head_init``, ``views`` (view recipe parameters replaced) and ``semi`` (semi-supervised
-    method); ``batch_size`` images per forward pass of the frozen backbone; ``progress``
-    (None: ``Progress.from_env``)."""
+    ``head_init``, ``views`` (view recipe parameters replaced), ``semi`` (semi-supervised
+    method) and ``max_minutes`` (wall-clock budget, ``finetune``); ``batch_size`` images per
+    forward pass of the frozen backbone; ``progress`` (None: ``Progress.from_env``)."""
 
     seed: int = 0
     epochs: int = FINETUNE_EPOCHS
@@ -44,6 +44,7 @@ class FitSettings:
     batch_size: int = 512
     progress: Progress | None = None
     semi: str | None = None  # fine-tuning: None, or "fixmatch" (needs splits["unlabeled"])
+    max_minutes: float | None = None
 
 
 @dataclass
@@ -96,13 +97,15 @@ def _finetune_and_test(
         backbone, train.images, train.labels, val.images, val.labels,
         augment=recipe.single_view, preprocess=preprocess, num_classes=num_classes,
         epochs=settings.epochs, min_steps=settings.min_steps, head_init=settings.head_init,
-        seed=settings.seed, semi=semi, progress=settings.progress,
+        seed=settings.seed, semi=semi, max_minutes=settings.max_minutes,
+        progress=settings.progress,
     )  # fmt: skip
     val_logits, test_logits = (result.logits(ds.images, preprocess) for ds in (val, test))
     metrics = classification_metrics(test.labels, None, num_classes, test.class_names,
                                      scores=test_logits.softmax(1))  # fmt: skip
     chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1,
-              "head_init": settings.head_init, "views": recipe.params}  # fmt: skip
+              "head_init": settings.head_init, "views": recipe.params,
+              "steps_run": result.steps_run, "max_minutes": settings.max_minutes}  # fmt: skip
     if semi is not None:
         chosen["semi"] = {"method": settings.semi, **semi.settings(),
                           "weak_views": FIXMATCH_VIEWS[meta.get("view_style", "natural")][0],

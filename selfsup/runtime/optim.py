@@ -134,7 +134,7 @@ def build_optimizer(
 
 
 def warmup_cosine(
-    step: int,
+    step: float,
     total_steps: int,
     warmup_steps: int,
     final_fraction: float = 0.0,
