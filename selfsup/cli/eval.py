@@ -8,7 +8,6 @@ folder (``wrote <path>``).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +70,12 @@ def label_fraction(text: str) -> float:
 
 def positive_minutes(text: str) -> float:
     """``--minutes``: a number of minutes > 0; argparse turns the error into exit code 2."""
+    from selfsup.eval.finetune import check_minutes
+
     try:
-        minutes = float(text)
+        return check_minutes(float(text))
     except ValueError:
-        minutes = math.nan
-    if not minutes > 0 or math.isinf(minutes):
-        raise argparse.ArgumentTypeError(f"must be a number of minutes > 0, got '{text}'")
-    return minutes
+        raise argparse.ArgumentTypeError(f"must be a number of minutes > 0, got '{text}'") from None
 
 
 def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:

@@ -351,8 +351,8 @@ def finetune(
     step costs ~15 plain ones; ``FinetuneResult.steps_run`` tells how many ran).
     """
     _check_finetune_args(train_images, evaluations, head_init)
-    if max_minutes is not None and not max_minutes > 0:
-        raise ValueError(f"finetune: max_minutes must be > 0, got {max_minutes}")
+    if max_minutes is not None:
+        check_minutes(max_minutes, "finetune: max_minutes")
     backbone = finetune_network(backbone, from_projector_layer)
     torch.manual_seed(seed)
     head = None
@@ -391,6 +391,14 @@ def finetune(
     step, score, history = selection.step, selection.score, selection.history
     return FinetuneResult(model.eval(), step, step / steps_per_epoch, score, history,
                           selection.mask_rates, selection.steps_run)  # fmt: skip
+
+
+def check_minutes(value: float, name: str = "max_minutes") -> float:
+    """``value`` when it is a finite number of minutes > 0; else a ValueError naming it as
+    ``name`` (no budget is None, not infinity)."""
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
 
 
 def finetune_plan(epochs: int, steps_per_epoch: int, min_steps: int) -> tuple[int, str]:

@@ -499,7 +499,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     ]
     if pairs:
         targets, onlines = zip(*pairs, strict=True)
-        torch._foreach_lerp_(list(targets), [o.detach() for o in onlines], 1.0 - momentum)
+        torch._foreach_lerp_(list(targets), list(onlines), 1.0 - momentum)
     for t, o in zip(target.buffers(), online.buffers(), strict=True):
         if not t.dtype.is_floating_point:
             t.copy_(o)
