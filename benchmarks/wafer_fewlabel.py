@@ -16,6 +16,8 @@ init on the same labels).
                                                     # FixMatch rows, 30 min per fine-tuning cell
     python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune --baselines supervised \
         --finetune-views die_flip_p=0                                   # the best rows so far
+    python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune \
+        --test-time-views dihedral       # logits averaged over each map's 8 turns and mirrors
 
 Writes a JSON with every number (including per-class F1) next to the printed tables.
 """
@@ -41,6 +43,7 @@ from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
 from selfsup.eval.finetune import finetune  # noqa: E402
 from selfsup.eval.supervised import fixmatch_with  # noqa: E402
+from selfsup.eval.test_time import TEST_TIME_VIEWS  # noqa: E402
 from selfsup.runtime.precision import resolve_precision  # noqa: E402
 from selfsup.runtime.progress import Progress  # noqa: E402
 
@@ -139,7 +142,7 @@ def finetune_rows(
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
             head_init=head_init, seed=args.seed, semi=semi, max_minutes=args.finetune_minutes,
-            progress=cells.progress,
+            test_time_views=args.test_time_views, progress=cells.progress,
         )  # fmt: skip
         test = result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
@@ -153,6 +156,7 @@ def finetune_rows(
                 "step": result.step,
                 "steps_run": result.steps_run,
                 "max_minutes": args.finetune_minutes,
+                "test_time_views": args.test_time_views,
                 "epoch": result.epoch,
                 "val_macro_f1": result.val_macro_f1,
                 **(
@@ -207,6 +211,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--finetune-minutes", type=float, default=None,
         help="wall-clock budget per fine-tuning cell (the schedule ends when it is spent)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--test-time-views", default="none", choices=TEST_TIME_VIEWS,
+        help="fine-tuning rows: selection and test scores average the logits over these views "
+        "of each map (dihedral: its 8 turns and mirror images)",
     )  # fmt: skip
     parser.add_argument(
         "--finetune-head",

@@ -9,11 +9,14 @@ probs = clf.predict_proba(images_uint8)   # softmax(logits / T), batched, no gra
 clf.class_names                           # ["Center", "Donut", ...]
 ```
 
+A classifier fine-tuned with test-time views (``selfsup.eval.test_time``) keeps them: its
+logits are the average over the image's symmetric views, as in the scores that selected it.
+
 ``classifier.json`` holds the class names, the backbone's metadata (name, kwargs, input size
 and channels, view style, normalisation, wafer encoding: everything preprocessing needs), the
-layout of the projector blocks and head, the temperature and the protocol record that chose the
-model (its calibration error before and after included). Weights load from safetensors only,
-so a classifier file never runs code.
+layout of the projector blocks and head, the temperature, the test-time views and the protocol
+record that chose the model (its calibration error before and after included). Weights load
+from safetensors only, so a classifier file never runs code.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.artifacts import artifact_files, build_backbone_from_metadata, preprocess_for
+from selfsup.eval.test_time import averaged_logits, check_test_time_views
 from selfsup.runtime.files import atomic_save_weights, atomic_write_text, load_weights
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_META = "classifier.json"
 CLASSIFIER_FORMAT = "selfsup-classifier"
-CLASSIFIER_VERSION = 1
+CLASSIFIER_VERSION = 2  # 2: test_time_views (a version-1 file has none)
 HEAD_KINDS = ("linear", "linear_probe", "mlp_probe")
 
 
@@ -43,7 +47,9 @@ class ImageClassifier(nn.Module):
     ``metadata``: the backbone's (``selfsup.artifacts.backbone_metadata``); ``head_spec`` and
     ``trunk_spec`` describe the head and projector blocks so ``load_classifier`` rebuilds
     them; ``temperature`` (a buffer) divides the logits in ``predict_proba``; ``record``: the
-    protocol record that selected this model (saved beside it, not used to predict).
+    protocol record that selected this model (saved beside it, not used to predict);
+    ``test_time_views``: "none", or the symmetric views whose logits ``forward`` averages
+    ("hflip", "dihedral"; ``selfsup.eval.test_time``).
     """
 
     def __init__(
@@ -57,8 +63,12 @@ class ImageClassifier(nn.Module):
         trunk_spec: Sequence[dict[str, Any]] = (),
         temperature: float = 1.0,
         record: dict[str, Any] | None = None,
+        test_time_views: str = "none",
     ) -> None:
         super().__init__()
+        self.test_time_views = check_test_time_views(
+            test_time_views, "ImageClassifier: test_time_views"
+        )
         if temperature <= 0:
             raise ValueError(f"ImageClassifier: temperature must be > 0, got {temperature}")
         self.network = network
@@ -80,7 +90,8 @@ class ImageClassifier(nn.Module):
         return int(self.metadata["in_channels"])
 
     def forward(self, images: Tensor) -> Tensor:
-        """images: uint8 [N, in_channels, image_size, image_size] -> logits [N, C] (float32)."""
+        """images: uint8 [N, in_channels, image_size, image_size] -> logits [N, C] (float32),
+        averaged over the ``test_time_views``."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(
@@ -88,7 +99,8 @@ class ImageClassifier(nn.Module):
                 f"{expected[2]}] (its backbone's channels and size), got {tuple(images.shape)}"
             )
         device = next(self.network.parameters()).device
-        return self.head(self.network(self.preprocess(images.to(device)))).float()
+        x = self.preprocess(images.to(device))
+        return averaged_logits(lambda v: self.head(self.network(v)), x, self.test_time_views)
 
     @torch.no_grad()
     def predict_proba(self, images: Tensor, batch_size: int = 256) -> Tensor:
@@ -116,6 +128,7 @@ class ImageClassifier(nn.Module):
             "projector_blocks": self.trunk_spec,
             "head": self.head_spec,
             "temperature": float(self.temperature),
+            "test_time_views": self.test_time_views,
             "record": self.record,
         }
 
@@ -213,7 +226,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         network, head_from_spec(meta["head"]), metadata=meta["backbone"],
         class_names=meta["class_names"], head_spec=meta["head"],
         trunk_spec=meta.get("projector_blocks") or [], temperature=meta.get("temperature", 1.0),
-        record=meta.get("record"),
+        record=meta.get("record"), test_time_views=meta.get("test_time_views", "none"),
     )  # fmt: skip
     load_weights(classifier, load_file(str(weights_path)), lambda first: ValueError(
         f"'{weights_path}' does not fit the layout in {meta_path.name}: {first}"))  # fmt: skip

@@ -24,6 +24,7 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         "--finetune-min-steps", "6", "--finetune-val", "300", "--precision", "32-true",
         "--finetune-views", "die_flip_p=0", "--seed", "1",
         "--json", str(out), "--progress-seconds", "0", "--semi", "fixmatch",
+        "--test-time-views", "dihedral",
     ])  # fmt: skip
     expected = {
         "pretrained + linear probe", "random init + linear probe",
@@ -41,6 +42,7 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         chosen = rows[name]["train_1"]["chosen"]
         assert chosen["views"] == {"die_flip_p": 0} and chosen["seed"] == 1
         assert chosen["steps_run"] == 6 and chosen["max_minutes"] is None
+        assert chosen["test_time_views"] == "dihedral"
     for name in ("pretrained + fine-tune + FixMatch", "FixMatch from random init"):
         semi = rows[name]["train_10"]["chosen"]["semi"]
         assert semi["method"] == "fixmatch" and semi["unlabeled"] == 800 and semi["ratio"] == 7

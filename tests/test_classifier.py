@@ -105,3 +105,43 @@ def test_wrong_image_shape_is_refused(labelled_npz, export):
 def test_transfer_and_knn_save_no_classifier(labelled_npz, export):
     train, val = labelled_npz
     assert evaluate(export, data=str(train), query_data=str(val), k=3).classifier is None
+
+
+def test_test_time_views_are_saved_and_used_by_the_loaded_classifier(labelled_npz, export):
+    train, val = labelled_npz
+    result = evaluate(export, data=str(train), protocol="finetune", test_data=str(val),
+                      epochs=1, min_steps=3, test_time_views="dihedral")  # fmt: skip
+    assert result.record["chosen"]["test_time_views"] == "dihedral"
+    clf = result.classifier
+    images = _images(val)
+    with torch.no_grad():
+        in_memory = clf(images)
+        # the logits average the 8 symmetric views: a turned or mirrored map gets the same
+        torch.testing.assert_close(clf(torch.rot90(images, 1, (-2, -1))), in_memory)
+        torch.testing.assert_close(clf(images.flip(-1)), in_memory)
+    # ... and the record's test scores are this averaged model's
+    labels = torch.from_numpy(np.load(val)["labels"])
+    accuracy = in_memory.argmax(1).eq(labels).float().mean().item()
+    assert accuracy == pytest.approx(result.metrics["accuracy"])
+    result.save(export)
+    folder = export / f"{result.name}_classifier"
+    meta = json.loads((folder / CLASSIFIER_META).read_text())
+    assert meta["test_time_views"] == "dihedral" and meta["version"] == 2
+    loaded = load_classifier(folder)
+    assert loaded.test_time_views == "dihedral"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), in_memory)
+    # a version-1 file (before test-time views) loads as "none"
+    del meta["test_time_views"]
+    (folder / CLASSIFIER_META).write_text(json.dumps({**meta, "version": 1}))
+    assert load_classifier(folder).test_time_views == "none"
+
+
+def test_test_time_views_are_refused_where_they_do_not_apply(labelled_npz, export):
+    train, val = labelled_npz
+    with pytest.raises(ValueError, match="test_time_views applies to protocol finetune only"):
+        evaluate(export, data=str(train), protocol="linear", test_data=str(val),
+                 test_time_views="hflip")  # fmt: skip
+    with pytest.raises(ValueError, match="evaluate: test_time_views must be one of"):
+        evaluate(export, data=str(train), protocol="finetune", test_data=str(val),
+                 test_time_views="rotate")  # fmt: skip

@@ -184,6 +184,12 @@ def test_cli_finetune_views_replace_recipe_parameters(labelled_npz, tmp_path, ca
     assert main([*argv, "--minutes", "30"]) == 0  # a budget the 2 steps stay inside
     chosen = json.loads((run / "eval_finetune_data.json").read_text())["chosen"]
     assert chosen["max_minutes"] == 30 and chosen["steps_run"] == 2
+    assert chosen["test_time_views"] == "none"
+    assert main([*argv, "--test-time-views", "hflip"]) == 0
+    record = json.loads((run / "eval_finetune_data.json").read_text())
+    assert record["chosen"]["test_time_views"] == "hflip"
+    saved = json.loads((run / record["classifier"] / "classifier.json").read_text())
+    assert saved["test_time_views"] == "hflip"
     assert main([*argv, "--views", "die_flip_p=0"]) == 2  # a wafer parameter on photos
     assert "no parameter 'die_flip_p'" in capsys.readouterr().err
     assert main([*argv, "--views", "hflip_p"]) == 2

@@ -87,6 +87,42 @@ def test_finetune_learns_and_selects_epoch_on_val():
     assert metrics["macro_f1"] == pytest.approx(result.val_macro_f1)
 
 
+def test_test_time_views_score_every_evaluation_and_the_result(monkeypatch):
+    import selfsup.eval.finetune as finetune_module
+
+    kinds = []
+    real = finetune_module.averaged_logits
+
+    def spy(model, x, kind):
+        kinds.append(kind)
+        return real(model, x, kind)
+
+    monkeypatch.setattr(finetune_module, "averaged_logits", spy)
+    train_x, train_y = blobs(64, 0)
+    val_x, val_y = blobs(32, 1)
+
+    def preprocess(x):
+        return x.float() / 255
+
+    result = finetune(
+        build_backbone("convnet_tiny", 1, width=4), train_x, train_y, val_x, val_y,
+        augment=preprocess, preprocess=preprocess, num_classes=2, epochs=2, batch_size=16,
+        evaluations=3, test_time_views="hflip",
+    )  # fmt: skip
+    assert result.test_time_views == "hflip" and len(result.history) == 3
+    assert kinds == ["hflip"] * 3  # each val evaluation (one batch of 32)
+    # the chosen score is the averaged model's, as the result's logits are
+    metrics = result.evaluate(val_x, val_y, preprocess)
+    assert metrics["macro_f1"] == pytest.approx(result.val_macro_f1)
+    mirrored = result.logits(val_x.flip(-1), preprocess)
+    torch.testing.assert_close(mirrored, result.logits(val_x, preprocess))
+    with pytest.raises(ValueError, match="finetune: test_time_views must be one of"):
+        finetune(
+            build_backbone("convnet_tiny", 1, width=4), train_x, train_y, val_x, val_y,
+            augment=preprocess, preprocess=preprocess, num_classes=2, test_time_views="all",
+        )  # fmt: skip
+
+
 def test_frozen_backbone_only_trains_head():
     train_x, train_y = blobs(32, 0)
     backbone = build_backbone("convnet_tiny", 1, width=4)

@@ -84,6 +84,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
     from selfsup.data.spec import SPEC_HELP
     from selfsup.eval.finetune import HEAD_INITS
     from selfsup.eval.supervised import FINETUNE_EPOCHS, FINETUNE_MIN_STEPS, SEMI_METHODS
+    from selfsup.eval.test_time import TEST_TIME_VIEWS
     from selfsup.eval.transfer import PROBES
 
     if protocol == "transfer":
@@ -133,6 +134,12 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
             "wafers: train; other data: train before --label-fraction)",
         )
         p.add_argument("--unlabeled-split", help="--semi: a split of --unlabeled-data / --data")
+        p.add_argument(
+            "--test-time-views", default=TEST_TIME_VIEWS[0], choices=TEST_TIME_VIEWS,
+            help="test-time augmentation: selection, test scores and the saved classifier "
+            "average the logits over the image and its mirror image (hflip) or its 8 turns and "
+            "mirror images (dihedral: wafer maps, top-down images)",
+        )  # fmt: skip
         p.add_argument(
             "--views", action="append", default=[], metavar="KEY=VALUE",
             help="fine-tuning view parameter replacing the pretraining recipe's (repeatable), "

@@ -47,6 +47,7 @@ from selfsup.eval.supervised import (
     Fitted,
     fit_and_test,
 )
+from selfsup.eval.test_time import check_test_time_views
 from selfsup.eval.transfer import (
     PROBES,
     TransferLoader,
@@ -316,6 +317,7 @@ def evaluate(
     semi: str | None = None,
     unlabeled_data: str | None = None,
     unlabeled_split: str | None = None,
+    test_time_views: str = "none",
     seed: int = 0,
     batch_size: int = 512,
     checkpoint: str = "auto",
@@ -344,12 +346,14 @@ def evaluate(
     ``semi`` ("fixmatch": FixMatch with the unlabelled images of ``unlabeled_data`` /
     ``unlabeled_split``, default the data's whole training split, wafers' ``train``, else train
     before its label fraction; recorded in ``chosen.semi``; the record's name ends
-    ``_fixmatch``).
+    ``_fixmatch``), ``test_time_views`` ("none", "hflip", "dihedral": val selection, test
+    scores and the saved classifier average the logits over these symmetric views of each
+    image, ``selfsup.eval.test_time``; recorded in ``chosen``).
     Transfer: ``probe`` ("linear" or "mlp"). ``seed`` fixes every split and fit;
     ``batch_size`` images go through the frozen backbone at once (memory only). Options of
     other protocols are ignored. ``progress``: see ``selfsup.runtime.progress``.
     """
-    _check_request(protocol, label_fraction, probe, semi)
+    _check_request(protocol, label_fraction, probe, semi, test_time_views)
     load = partial(_trained, run_or_backbone, checkpoint, trust_checkpoint,
                    from_projector_layer if protocol == "finetune" else 0)  # fmt: skip
     progress = resolve_progress(progress)
@@ -369,7 +373,7 @@ def evaluate(
                              test_data, label_fraction, unlabeled_data,
                              unlabeled_split)  # fmt: skip
         fit = FitSettings(seed, epochs, min_steps, head_init, dict(views or {}), batch_size,
-                          progress, semi, max_minutes)  # fmt: skip
+                          progress, semi, max_minutes, test_time_views)  # fmt: skip
         result = _evaluate_supervised(protocol, probe, where, load, fit)
         result.name = _supervised_record_name(protocol, probe, choice, where)
         if semi is not None:
@@ -447,9 +451,18 @@ def _supervised_record_name(
     return name
 
 
-def _check_request(protocol: str, label_fraction: float, probe: str, semi: str | None) -> None:
-    """ValueError for a protocol, label fraction, transfer probe or semi-supervised method that
-    does not exist or does not apply."""
+def _check_request(
+    protocol: str, label_fraction: float, probe: str, semi: str | None, test_time_views: str
+) -> None:
+    """ValueError for a protocol, label fraction, transfer probe, semi-supervised method or
+    test-time views that do not exist or do not apply."""
+    check_test_time_views(test_time_views, "evaluate: test_time_views")
+    if test_time_views != "none" and protocol != "finetune":
+        raise ValueError(
+            f"evaluate: test_time_views applies to protocol finetune only (the probes classify "
+            f"features extracted once), got test_time_views={test_time_views!r} with protocol "
+            f"'{protocol}'"
+        )
     if semi is not None and (protocol != "finetune" or semi not in SEMI_METHODS):
         raise ValueError(
             f"evaluate: semi must be one of {', '.join(SEMI_METHODS)} and applies to protocol "
@@ -588,5 +601,6 @@ def _classifier(
         network, fitted.head, metadata=trained.meta, class_names=names[:num_classes],
         head_spec=fitted.head_spec, trunk_spec=blocks,
         temperature=record["calibration"]["temperature"], record=_json_record(record),
+        test_time_views=fitted.test_time_views,
     )  # fmt: skip
     return classifier.to(next(network.parameters()).device).eval()  # one device, the network's

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from selfsup.eval.features import extract_features
 from selfsup.eval.metrics import classification_metrics, macro_f1
 from selfsup.eval.probe import folded_linear, linear_probe
+from selfsup.eval.test_time import averaged_logits, check_test_time_views
 from selfsup.losses.fixmatch import FIXMATCH_THRESHOLD, fixmatch_loss
 from selfsup.runtime.allocator import heap_allocations
 from selfsup.runtime.optim import parameter_groups, warmup_cosine
@@ -213,7 +214,9 @@ class FinetuneResult:
     ``epoch`` the same point in passes over the labelled set. With FixMatch, ``mask_rates``
     holds (step, mean share of the unlabelled samples above the threshold since the previous
     evaluation) at every evaluation. ``steps_run``: the steps trained (fewer than planned when
-    a ``max_minutes`` budget ended the run).
+    a ``max_minutes`` budget ended the run). ``test_time_views``: the views whose logits are
+    averaged in ``logits`` / ``predict`` / ``evaluate``, as in the val scores that selected the
+    model (``selfsup.eval.test_time``).
     """
 
     model: Classifier
@@ -223,14 +226,16 @@ class FinetuneResult:
     history: list[tuple[int, float]] = field(default_factory=list)
     mask_rates: list[tuple[int, float]] = field(default_factory=list)
     steps_run: int = 0
+    test_time_views: str = "none"
 
     def predict(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
         """Class scores [N, C] (eval mode) for raw images."""
         return self.logits(images, preprocess, batch_size).softmax(-1)
 
     def logits(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
-        """Class logits [N, C] (eval mode, float32, on the CPU) for raw images."""
-        return _logits(self.model, images, preprocess, batch_size)
+        """Class logits [N, C] (eval mode, float32, on the CPU) for raw images, averaged over
+        the ``test_time_views``."""
+        return _logits(self.model, images, preprocess, batch_size, self.test_time_views)
 
     def evaluate(self, images, labels, preprocess, class_names=None) -> dict:
         scores = self.predict(images, preprocess)
@@ -241,15 +246,18 @@ class FinetuneResult:
 
 @torch.no_grad()
 def _logits(
-    model: nn.Module, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size: int = 512
-) -> Tensor:
-    """Class logits [N, C] of ``model`` in eval mode for raw images, float32 on the CPU."""
+    model: nn.Module, images: Tensor, preprocess: Callable[[Tensor], Tensor],
+    batch_size: int = 512, test_time_views: str = "none",
+) -> Tensor:  # fmt: skip
+    """Class logits [N, C] of ``model`` in eval mode for raw images, float32 on the CPU,
+    averaged over ``test_time_views``."""
     model.eval()
     device = next(model.parameters()).device
     out = [
-        model(preprocess(images[i : i + batch_size].to(device))).float().cpu()
+        averaged_logits(model, preprocess(images[i : i + batch_size].to(device)),
+                        test_time_views).cpu()
         for i in range(0, images.shape[0], batch_size)
-    ]
+    ]  # fmt: skip
     return torch.cat(out)
 
 
@@ -327,6 +335,7 @@ def finetune(
     seed: int = 0,
     semi: FixMatch | None = None,
     max_minutes: float | None = None,
+    test_time_views: str = "none",
     progress: Progress | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``backbone`` with a linear head; pick the step on val macro-F1.
@@ -349,8 +358,11 @@ def finetune(
     schedule then runs on progress = max(step / total, elapsed / budget), so the cosine ends
     and the last evaluation happens when the time is up, even after fewer steps (a FixMatch
     step costs ~15 plain ones; ``FinetuneResult.steps_run`` tells how many ran).
+    ``test_time_views`` ("none", "hflip", "dihedral"; ``selfsup.eval.test_time``): the val
+    scores that select the step, and the result's logits, average the logits over those views.
     """
     _check_finetune_args(train_images, evaluations, head_init)
+    check_test_time_views(test_time_views, "finetune: test_time_views")
     if max_minutes is not None:
         check_minutes(max_minutes, "finetune: max_minutes")
     backbone = finetune_network(backbone, from_projector_layer)
@@ -385,12 +397,13 @@ def finetune(
         total_steps, evaluations, batches,
         (train_images, train_labels), (val_images, val_labels), progress, unlabeled,
         budget_s=None if max_minutes is None else 60 * max_minutes,
+        test_time_views=test_time_views,
     )  # fmt: skip
     model = trainer.model
     model.load_state_dict(selection.state)
     step, score, history = selection.step, selection.score, selection.history
     return FinetuneResult(model.eval(), step, step / steps_per_epoch, score, history,
-                          selection.mask_rates, selection.steps_run)  # fmt: skip
+                          selection.mask_rates, selection.steps_run, test_time_views)  # fmt: skip
 
 
 def check_minutes(value: float, name: str = "max_minutes") -> float:
@@ -480,11 +493,13 @@ class _Trainer:
         progress: Progress | None,
         unlabeled: Iterator[Tensor] | None = None,
         budget_s: float | None = None,
+        test_time_views: str = "none",
     ) -> _Selection:
         """``total`` warm-up + cosine steps on ``batches`` of ``train`` (and with FixMatch
         ``unlabeled`` batches of ``self.semi.unlabeled``), scored on ``val`` ``evaluations``
-        times, evenly spaced in progress: every score and the best step's weights. With
-        ``budget_s`` progress is max(step / total, elapsed / budget_s) and the run ends at 1."""
+        times, evenly spaced in progress (logits averaged over ``test_time_views``): every
+        score and the best step's weights. With ``budget_s`` progress is
+        max(step / total, elapsed / budget_s) and the run ends at 1."""
         device = next(self.model.parameters()).device
         num_classes = self.model.head.out_features
         base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -517,7 +532,9 @@ class _Trainer:
                 if step == total or done >= 1.0 or done >= (evaluated + 1) / evaluations:
                     evaluated = min(evaluations, math.floor(done * evaluations + 1e-9))
                     with self.autocast():
-                        preds = _logits(self.model, val[0], self.preprocess).argmax(1)
+                        logits = _logits(self.model, val[0], self.preprocess,
+                                         test_time_views=test_time_views)  # fmt: skip
+                    preds = logits.argmax(1)
                     selection.record(step, macro_f1(val[1], preds, num_classes), self.model)
                     if rates:  # FixMatch: the mean share above the threshold since the last
                         selection.mask_rates.append((step, sum(rates) / len(rates)))

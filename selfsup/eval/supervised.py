@@ -33,7 +33,9 @@ MLP_PROBE_SETTINGS = {"batch_size": 256, "epochs": 40}
 class FitSettings:
     """How the supervised protocols fit: ``seed``; fine-tuning's ``epochs``, ``min_steps``,
     ``head_init``, ``views`` (view recipe parameters replaced), ``semi`` (semi-supervised
-    method) and ``max_minutes`` (wall-clock budget, ``finetune``); ``batch_size`` images per
+    method), ``max_minutes`` (wall-clock budget, ``finetune``) and ``test_time_views``
+    (``selfsup.eval.test_time``: selection, test scores and the saved classifier average the
+    logits over those views); ``batch_size`` images per
     forward pass of the frozen backbone; ``progress`` (None: ``Progress.from_env``)."""
 
     seed: int = 0
@@ -45,6 +47,7 @@ class FitSettings:
     progress: Progress | None = None
     semi: str | None = None  # fine-tuning: None, or "fixmatch" (needs splits["unlabeled"])
     max_minutes: float | None = None
+    test_time_views: str = "none"
 
 
 @dataclass
@@ -52,7 +55,8 @@ class Fitted:
     """What a supervised fit selected. ``network``: images (preprocessed) -> features (the
     frozen backbone for probes; the fine-tuned backbone [+ projector blocks]); ``head``:
     features -> logits, with its layout ``head_spec`` (``selfsup.classifier.head_from_spec``);
-    ``val_logits`` / ``test_logits`` [N, C]: the selected model's logits on those splits."""
+    ``val_logits`` / ``test_logits`` [N, C]: the selected model's logits on those splits
+    (averaged over its ``test_time_views``, which the saved classifier keeps)."""
 
     chosen: dict[str, Any]
     metrics: dict[str, Any]
@@ -61,6 +65,7 @@ class Fitted:
     head_spec: dict[str, Any]
     val_logits: Tensor
     test_logits: Tensor
+    test_time_views: str = "none"
 
 
 def fit_and_test(
@@ -98,14 +103,15 @@ def _finetune_and_test(
         augment=recipe.single_view, preprocess=preprocess, num_classes=num_classes,
         epochs=settings.epochs, min_steps=settings.min_steps, head_init=settings.head_init,
         seed=settings.seed, semi=semi, max_minutes=settings.max_minutes,
-        progress=settings.progress,
+        test_time_views=settings.test_time_views, progress=settings.progress,
     )  # fmt: skip
     val_logits, test_logits = (result.logits(ds.images, preprocess) for ds in (val, test))
     metrics = classification_metrics(test.labels, None, num_classes, test.class_names,
                                      scores=test_logits.softmax(1))  # fmt: skip
     chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1,
               "head_init": settings.head_init, "views": recipe.params,
-              "steps_run": result.steps_run, "max_minutes": settings.max_minutes}  # fmt: skip
+              "steps_run": result.steps_run, "max_minutes": settings.max_minutes,
+              "test_time_views": result.test_time_views}  # fmt: skip
     if semi is not None:
         chosen["semi"] = {"method": settings.semi, **semi.settings(),
                           "weak_views": FIXMATCH_VIEWS[meta.get("view_style", "natural")][0],
@@ -113,7 +119,8 @@ def _finetune_and_test(
                           "mask_rate": result.mask_rates}  # fmt: skip
     model = result.model
     spec = {"kind": "linear", "in_dim": model.head.in_features, "num_classes": num_classes}
-    return Fitted(chosen, metrics, model.backbone, model.head, spec, val_logits, test_logits)
+    return Fitted(chosen, metrics, model.backbone, model.head, spec, val_logits, test_logits,
+                  result.test_time_views)  # fmt: skip
 
 
 SEMI_METHODS = ("fixmatch",)
