@@ -178,6 +178,39 @@ def test_a_time_budget_ends_the_schedule_and_evaluates_the_last_step(monkeypatch
         )  # fmt: skip
 
 
+def test_a_budget_that_does_not_bind_changes_nothing(monkeypatch):
+    import selfsup.eval.finetune as finetune_module
+
+    def run(max_minutes):
+        clock = iter(x / 10 for x in range(100_000))  # 0.1 s a reading: 60 s is far away
+        monkeypatch.setattr(finetune_module.time, "monotonic", lambda: next(clock))
+        lrs = []
+        step = finetune_module._Trainer.step
+
+        def recording_step(self, *args):
+            lrs.append(self.optimizer.param_groups[0]["lr"])
+            return step(self, *args)
+
+        monkeypatch.setattr(finetune_module._Trainer, "step", recording_step)
+        train_x, train_y = blobs(8, 0)
+        torch.manual_seed(0)  # the same backbone for both runs
+        result = finetune(
+            build_backbone("convnet_tiny", 1, width=4), train_x, train_y, *blobs(16, 1),
+            augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+            num_classes=2, epochs=1, min_steps=40, evaluations=4, batch_size=4,
+            max_minutes=max_minutes,
+        )  # fmt: skip
+        monkeypatch.setattr(finetune_module._Trainer, "step", step)
+        return lrs, result
+
+    # the clock is ahead of the steps at step 1 (0.1 s of 60 > 0 steps of 40); within the
+    # grace share of the budget it does not move the warm-up
+    budgeted, with_budget = run(1.0)
+    plain, without = run(None)
+    assert budgeted == plain and with_budget.history == without.history
+    assert with_budget.steps_run == without.steps_run == 40
+
+
 def test_without_a_budget_every_planned_step_runs():
     train_x, train_y = blobs(8, 0)
     result = finetune(

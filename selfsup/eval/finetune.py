@@ -37,6 +37,11 @@ from selfsup.runtime.optim import parameter_groups, warmup_cosine
 from selfsup.runtime.progress import Progress, resolve_progress
 
 HEAD_INITS = ("zero", "probe")
+# The share of a fine-tuning time budget during which the schedule follows the steps alone. The
+# first steps are slower than the rest (allocations, caches): without this, the clock would be
+# a fraction of a step ahead of the steps at step 1, change the warm-up's first learning rates,
+# and make a run whose budget never binds differ from the same run without a budget.
+BUDGET_GRACE = 0.01
 
 
 class ProjectorTrunk(nn.Module):
@@ -499,7 +504,8 @@ class _Trainer:
         ``unlabeled`` batches of ``self.semi.unlabeled``), scored on ``val`` ``evaluations``
         times, evenly spaced in progress (logits averaged over ``test_time_views``): every
         score and the best step's weights. With ``budget_s`` progress is
-        max(step / total, elapsed / budget_s) and the run ends at 1."""
+        max(step / total, elapsed / budget_s) (the clock counting from ``BUDGET_GRACE`` of the
+        budget on) and the run ends at 1."""
         device = next(self.model.parameters()).device
         num_classes = self.model.head.out_features
         base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -511,7 +517,8 @@ class _Trainer:
         with heap_allocations(device.type == "cpu"):  # freed activations reused, not re-faulted
             for step in range(1, total + 1):
                 if budget_s is not None:
-                    time_progress = min(1.0, (time.monotonic() - start) / budget_s)
+                    spent = (time.monotonic() - start) / budget_s
+                    time_progress = min(1.0, spent) if spent >= BUDGET_GRACE else 0.0
                 # warm-up and cosine both run on progress: a budget shorter than the plan
                 # compresses the whole schedule, warm-up included
                 at = max(step - 1, time_progress * total)
