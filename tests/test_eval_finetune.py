@@ -145,12 +145,14 @@ def test_min_steps_and_evaluations_give_few_labels_enough_steps():
     assert [step for step, _ in result.history] == [10, 20, 30]
 
 
-def test_a_time_budget_ends_the_schedule_and_evaluates_the_last_step(monkeypatch):
+def fake_clock_and_lrs(monkeypatch, seconds_per_reading: float) -> list[float]:
+    """Fine-tuning's clock advances ``seconds_per_reading`` at every reading; returns the list
+    that receives the head's learning rate at every training step."""
     import selfsup.eval.finetune as finetune_module
 
-    clock = iter(range(0, 10_000, 6))  # every reading 6 s later: budget 60 s ~ 10 steps
-    monkeypatch.setattr(finetune_module.time, "monotonic", lambda: float(next(clock)))
-    lrs = []
+    clock = (i * seconds_per_reading for i in range(1_000_000))
+    monkeypatch.setattr(finetune_module.time, "monotonic", lambda: next(clock))
+    lrs: list[float] = []
     step = finetune_module._Trainer.step
 
     def recording_step(self, *args):
@@ -158,6 +160,11 @@ def test_a_time_budget_ends_the_schedule_and_evaluates_the_last_step(monkeypatch
         return step(self, *args)
 
     monkeypatch.setattr(finetune_module._Trainer, "step", recording_step)
+    return lrs
+
+
+def test_a_time_budget_ends_the_schedule_and_evaluates_the_last_step(monkeypatch):
+    lrs = fake_clock_and_lrs(monkeypatch, 6.0)  # every reading 6 s later: 60 s ~ 10 steps
     train_x, train_y = blobs(8, 0)
     val_x, val_y = blobs(16, 1)
     result = finetune(
@@ -179,19 +186,12 @@ def test_a_time_budget_ends_the_schedule_and_evaluates_the_last_step(monkeypatch
 
 
 def test_a_budget_that_does_not_bind_changes_nothing(monkeypatch):
-    import selfsup.eval.finetune as finetune_module
-
     def run(max_minutes):
-        clock = iter(x / 10 for x in range(100_000))  # 0.1 s a reading: 60 s is far away
-        monkeypatch.setattr(finetune_module.time, "monotonic", lambda: next(clock))
-        lrs = []
-        step = finetune_module._Trainer.step
+        with monkeypatch.context() as patch:
+            lrs = fake_clock_and_lrs(patch, 0.1)  # 0.1 s a reading: 60 s is far away
+            return lrs, finetune_blobs(max_minutes)
 
-        def recording_step(self, *args):
-            lrs.append(self.optimizer.param_groups[0]["lr"])
-            return step(self, *args)
-
-        monkeypatch.setattr(finetune_module._Trainer, "step", recording_step)
+    def finetune_blobs(max_minutes):
         train_x, train_y = blobs(8, 0)
         torch.manual_seed(0)  # the same backbone for both runs
         result = finetune(
@@ -200,8 +200,7 @@ def test_a_budget_that_does_not_bind_changes_nothing(monkeypatch):
             num_classes=2, epochs=1, min_steps=40, evaluations=4, batch_size=4,
             max_minutes=max_minutes,
         )  # fmt: skip
-        monkeypatch.setattr(finetune_module._Trainer, "step", step)
-        return lrs, result
+        return result
 
     # the clock is ahead of the steps at step 1 (0.1 s of 60 > 0 steps of 40); within the
     # grace share of the budget it does not move the warm-up
