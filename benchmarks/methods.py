@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_line  # noqa: E402
 
 import selfsup  # noqa: E402
+from selfsup.cli import quiet_lightning  # noqa: E402
 from selfsup.config import PretrainConfig, apply_overrides  # noqa: E402
 from selfsup.eval.metric_keys import knn_metric_key  # noqa: E402
 from selfsup.methods import METHODS  # noqa: E402
@@ -287,7 +288,9 @@ def settings_line(config: dict[str, Any], minutes: float, records: dict[str, Any
 
 
 def log_to_stderr() -> None:
-    """selfsup's INFO lines (a run's start, the kNN monitor each epoch) are the progress."""
+    """selfsup's INFO lines (a run's start, the kNN monitor each epoch) are the progress;
+    Lightning's notices that do not apply here stay out of them, as in the CLI."""
+    quiet_lightning()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.getLogger("selfsup").addHandler(handler)

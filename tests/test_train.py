@@ -486,3 +486,36 @@ def test_process_zero_keeps_the_run_seed_and_the_others_get_their_own():
     assert seed_rank_views(0) == 7 and torch.initial_seed() == 7
     assert seed_rank_views(2, seed=7) == 7 + 2 * RANK_SEED_STRIDE == torch.initial_seed()
     assert seed_rank_views(1, seed=2**63 - 1) < 2**63  # a valid seed even at the top
+
+
+def test_without_a_progress_bar_pretraining_prints_progress_lines(
+    labelled_npz, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("SELFSUP_PROGRESS", "0.000001")  # a line after every step
+    train, val = labelled_npz
+    selfsup.pretrain(tiny_config(train, val, tmp_path, epochs=1))  # 6 steps of 16 images
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pretrain:")]
+    assert len(lines) == 6
+    assert lines[0].startswith("pretrain: step 1, epoch 0 (1/6 batches), loss ")
+    assert lines[-1].startswith("pretrain: step 6, epoch 0 (6/6 batches), loss ")
+    assert "elapsed, ~" in lines[0] and lines[0].endswith(" left of 6 steps")
+    monkeypatch.setenv("SELFSUP_PROGRESS", "off")
+    selfsup.pretrain(tiny_config(train, val, tmp_path, epochs=1, name="quiet"))
+    assert "pretrain:" not in capsys.readouterr().err
+
+
+def test_progress_lines_count_down_a_time_budget():
+    from types import SimpleNamespace
+
+    from selfsup.runtime.progress import Progress
+    from selfsup.train.callbacks import StepProgress
+
+    trainer = SimpleNamespace(global_step=40, current_epoch=2, num_training_batches=100,
+                              estimated_stepping_batches=10**9)  # fmt: skip
+    callback = StepProgress(Progress(every=0), budget_s=600)
+    callback._first_step = 0
+    line = callback.line(trainer, {"loss": torch.tensor(1.23456)}, 39, elapsed=150)
+    assert line == (
+        "pretrain: step 40, epoch 2 (40/100 batches), loss 1.235, 2:30 elapsed, "
+        "~7:30 left of the 10-minute budget"
+    )

@@ -1,8 +1,11 @@
-"""Training monitors: kNN on a labelled validation split and representation collapse."""
+"""Training monitors: kNN on a labelled validation split, representation collapse, throughput,
+and progress lines when there is no progress bar."""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ import lightning as L
 
 from selfsup.eval.knn import KNN_TEMPERATURE, backbone_knn_scores
 from selfsup.eval.metric_keys import MONITOR_PREFIX, knn_metric_key
+from selfsup.runtime.progress import ENV_VAR, Progress, format_seconds
 
 log = logging.getLogger("selfsup.train")
 
@@ -123,6 +127,63 @@ class ThroughputMonitor(L.Callback):
         if self._images and elapsed > 0:
             self.last = self._images / elapsed
             pl_module.log("train/images_per_s", self.last)
+
+
+# seconds between pretraining progress lines without a progress bar (SELFSUP_PROGRESS overrides)
+PRETRAIN_PROGRESS_EVERY = 30.0
+
+
+def pretrain_progress() -> Progress:
+    """The reporter of ``StepProgress``: ``SELFSUP_PROGRESS`` when set (0 / off: quiet), else a
+    line every ``PRETRAIN_PROGRESS_EVERY`` seconds."""
+    return (
+        Progress.from_env()
+        if os.environ.get(ENV_VAR, "").strip()
+        else Progress(every=PRETRAIN_PROGRESS_EVERY)
+    )
+
+
+class StepProgress(L.Callback):
+    """Progress lines when the progress bar is off (logs, batch jobs, benchmarks), at most one
+    every ``progress.every`` seconds, from the main process: the step, the epoch and the share
+    of it done, the latest loss, the time elapsed and the time left (of ``budget_s``, the run's
+    time budget, when it has one; else estimated from the steps planned)."""
+
+    def __init__(self, progress: Progress, budget_s: float | None = None) -> None:
+        self.progress = progress
+        self.budget_s = budget_s
+        self._start = self._last = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last = self.progress.clock()
+        self._first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = self.progress.clock()
+        if not (self.progress.enabled and trainer.is_global_zero):
+            return
+        if now - self._last < self.progress.every:
+            return
+        self._last = now
+        self.progress.write(self.line(trainer, outputs, batch_idx, now - self._start))
+
+    def line(self, trainer: L.Trainer, outputs: Any, batch_idx: int, elapsed: float) -> str:
+        batches = trainer.num_training_batches
+        parts = [f"pretrain: step {trainer.global_step}"]
+        if isinstance(batches, int):
+            parts.append(f"epoch {trainer.current_epoch} ({batch_idx + 1}/{batches} batches)")
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4g}")
+        parts.append(f"{format_seconds(elapsed)} elapsed")
+        done = trainer.global_step - self._first_step
+        if self.budget_s is not None:
+            parts.append(f"~{format_seconds(max(self.budget_s - elapsed, 0))} left of the "
+                         f"{self.budget_s / 60:g}-minute budget")  # fmt: skip
+        elif done > 0 and math.isfinite(total := trainer.estimated_stepping_batches):
+            left = (total - trainer.global_step) * elapsed / done
+            parts.append(f"~{format_seconds(max(left, 0))} left of {int(total)} steps")
+        return ", ".join(parts)
 
 
 class LastCheckpoint(L.Callback):

@@ -16,7 +16,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from selfsup.config import PretrainConfig
 from selfsup.eval.metric_keys import knn_monitor_key
 from selfsup.runtime.precision import on_gpu
-from selfsup.train.callbacks import CollapseMonitor, KNNMonitor, LastCheckpoint, ThroughputMonitor
+from selfsup.train.callbacks import (
+    CollapseMonitor,
+    KNNMonitor,
+    LastCheckpoint,
+    StepProgress,
+    ThroughputMonitor,
+    pretrain_progress,
+)
 from selfsup.train.checkpoint import AtomicCheckpointIO
 
 log = logging.getLogger("selfsup.train")
@@ -64,12 +71,16 @@ class BatchDataModule(L.LightningDataModule):
 def monitor_callbacks(
     cfg: PretrainConfig, bank: Any, queries: Any, precision: str
 ) -> tuple[list[L.Callback], str | None]:
-    """(callbacks, the metric best.ckpt follows): throughput, collapse, and with labelled
+    """(callbacks, the metric best.ckpt follows): throughput, collapse, progress lines without
+    a progress bar (``StepProgress``), and with labelled
     validation data the kNN monitor (and early stopping on it when asked)."""
     callbacks: list[L.Callback] = [
         ThroughputMonitor(),
         CollapseMonitor(cfg.collapse_threshold, cfg.collapse_stop),
     ]
+    if not cfg.progress_bar:  # logs and batch jobs still see how far the run is
+        budget_s = None if cfg.max_minutes is None else 60 * cfg.max_minutes
+        callbacks.append(StepProgress(pretrain_progress(), budget_s))
     if bank is None:
         return callbacks, None
     callbacks.append(
