@@ -18,6 +18,8 @@ init on the same labels).
         --finetune-views die_flip_p=0                                   # the best rows so far
     python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune \
         --test-time-views dihedral       # logits averaged over each map's 8 turns and mirrors
+    python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune \
+        --finetune-backbone-lr 0.003 0.01 0.03   # the backbone's learning rate chosen on val
 
 Writes a JSON with every number (including per-class F1) next to the printed tables.
 """
@@ -41,7 +43,11 @@ from selfsup.artifacts import load_method_from_checkpoint  # noqa: E402
 from selfsup.config import apply_overrides  # noqa: E402
 from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
-from selfsup.eval.finetune import finetune  # noqa: E402
+from selfsup.eval.finetune import (  # noqa: E402
+    FINETUNE_BACKBONE_LR,
+    FINETUNE_LR,
+    finetune_lr_search,
+)
 from selfsup.eval.supervised import fixmatch_with  # noqa: E402
 from selfsup.eval.test_time import TEST_TIME_VIEWS  # noqa: E402
 from selfsup.runtime.precision import resolve_precision  # noqa: E402
@@ -136,14 +142,16 @@ def finetune_rows(
     for split in args.splits:
         cells.start("finetune", split, name)
         start = time.perf_counter()
-        result = finetune(
+        search = finetune_lr_search(
             backbone, data[split].images, data[split].labels, val_sel.images, val_sel.labels,
+            lrs=args.finetune_lr, backbone_lrs=args.finetune_backbone_lr,
             augment=views.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
             head_init=head_init, seed=args.seed, semi=semi, max_minutes=args.finetune_minutes,
             test_time_views=args.test_time_views, progress=cells.progress,
         )  # fmt: skip
+        result = search.result
         test = result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
         )
@@ -159,6 +167,9 @@ def finetune_rows(
                 "test_time_views": args.test_time_views,
                 "epoch": result.epoch,
                 "val_macro_f1": result.val_macro_f1,
+                "lr": search.lr,
+                "backbone_lr": search.backbone_lr,
+                "lr_candidates": search.candidates,
                 **(
                     {}
                     if semi is None
@@ -208,6 +219,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="at least this many fine-tuning steps (1 %% = 623 labels)",
     )
     parser.add_argument("--finetune-batch", type=int, default=128)
+    parser.add_argument(
+        "--finetune-lr", type=float, nargs="+", default=[FINETUNE_LR],
+        help="fine-tuning head learning rate(s); several: each (lr, backbone lr) pair is "
+        "fine-tuned and the best on val is scored on test (--finetune-minutes covers them all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune-backbone-lr", type=float, nargs="+", default=[FINETUNE_BACKBONE_LR],
+        help="fine-tuning backbone learning rate(s), chosen on val as --finetune-lr",
+    )  # fmt: skip
     parser.add_argument(
         "--finetune-minutes", type=float, default=None,
         help="wall-clock budget per fine-tuning cell (the schedule ends when it is spent)",

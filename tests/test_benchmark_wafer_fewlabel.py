@@ -24,7 +24,7 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         "--finetune-min-steps", "6", "--finetune-val", "300", "--precision", "32-true",
         "--finetune-views", "die_flip_p=0", "--seed", "1",
         "--json", str(out), "--progress-seconds", "0", "--semi", "fixmatch",
-        "--test-time-views", "dihedral",
+        "--test-time-views", "dihedral", "--finetune-backbone-lr", "0.01", "0.05",
     ])  # fmt: skip
     expected = {
         "pretrained + linear probe", "random init + linear probe",
@@ -43,6 +43,10 @@ def test_wafer_fewlabel_table_shape_and_pretrained_beats_random_init(tmp_path, c
         assert chosen["views"] == {"die_flip_p": 0} and chosen["seed"] == 1
         assert chosen["steps_run"] == 6 and chosen["max_minutes"] is None
         assert chosen["test_time_views"] == "dihedral"
+        tried = chosen["lr_candidates"]  # the backbone's learning rate chosen on val
+        assert [(c["lr"], c["backbone_lr"]) for c in tried] == [(0.1, 0.01), (0.1, 0.05)]
+        assert chosen["val_macro_f1"] == max(c["val_macro_f1"] for c in tried)
+        assert chosen["backbone_lr"] == max(tried, key=lambda c: c["val_macro_f1"])["backbone_lr"]
     for name in ("pretrained + fine-tune + FixMatch", "FixMatch from random init"):
         semi = rows[name]["train_10"]["chosen"]["semi"]
         assert semi["method"] == "fixmatch" and semi["unlabeled"] == 800 and semi["ratio"] == 7

@@ -190,6 +190,13 @@ def test_cli_finetune_views_replace_recipe_parameters(labelled_npz, tmp_path, ca
     assert record["chosen"]["test_time_views"] == "hflip"
     saved = json.loads((run / record["classifier"] / "classifier.json").read_text())
     assert saved["test_time_views"] == "hflip"
+    assert main([*argv, "--backbone-lr", "0.001", "0.1", "--lr", "0.2"]) == 0
+    chosen = json.loads((run / "eval_finetune_data.json").read_text())["chosen"]
+    tried = [(c["lr"], c["backbone_lr"]) for c in chosen["lr_candidates"]]
+    assert tried == [(0.2, 0.001), (0.2, 0.1)]
+    best = max(chosen["lr_candidates"], key=lambda c: c["val_macro_f1"])
+    assert (chosen["lr"], chosen["backbone_lr"]) == (best["lr"], best["backbone_lr"])
+    assert chosen["val_macro_f1"] == best["val_macro_f1"]
     assert main([*argv, "--views", "die_flip_p=0"]) == 2  # a wafer parameter on photos
     assert "no parameter 'die_flip_p'" in capsys.readouterr().err
     assert main([*argv, "--views", "hflip_p"]) == 2

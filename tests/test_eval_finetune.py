@@ -7,7 +7,15 @@ import torch
 from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.cli.eval import label_fraction
-from selfsup.eval.finetune import class_weights, finetune, finetune_plan, probe_head
+from selfsup.eval import finetune as finetune_module
+from selfsup.eval.finetune import (
+    FinetuneResult,
+    class_weights,
+    finetune,
+    finetune_lr_search,
+    finetune_plan,
+    probe_head,
+)
 from selfsup.eval.protocol import stratified_fraction
 from selfsup.runtime.progress import Progress, format_seconds
 
@@ -48,6 +56,63 @@ def test_cli_refuses_a_fine_tuning_budget_that_is_not_positive(value, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--minutes" in error and f"got '{value}'" in error
+
+
+@pytest.mark.parametrize("option", ["--lr", "--backbone-lr"])
+@pytest.mark.parametrize("value", ["0", "-0.1", "inf", "fast"])
+def test_cli_refuses_a_learning_rate_that_is_not_positive(option, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "finetune", "/nonexistent/run", option, "0.01", value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert option in error and f"got '{value}'" in error
+
+
+def test_lr_search_keeps_the_best_pair_on_val_and_splits_the_budget(monkeypatch):
+    calls = []
+    val_score = {(0.1, 0.003): 0.5, (0.1, 0.03): 0.8, (0.3, 0.003): 0.8, (0.3, 0.03): 0.7}
+
+    def fake_finetune(*args, lr, backbone_lr, max_minutes, progress, **settings):
+        calls.append((lr, backbone_lr, max_minutes, settings["seed"]))
+        return FinetuneResult(None, step=7, epoch=1.0,
+                              val_macro_f1=val_score[lr, backbone_lr], steps_run=9)  # fmt: skip
+
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
+    search = finetune_lr_search(
+        None, None, None, None, None, lrs=[0.1, 0.3], backbone_lrs=[0.003, 0.03],
+        max_minutes=8, seed=3, progress=Progress(enabled=False),
+    )  # fmt: skip
+    # every pair, the budget split evenly, the same seed for each
+    assert calls == [(0.1, 0.003, 2.0, 3), (0.1, 0.03, 2.0, 3), (0.3, 0.003, 2.0, 3),
+                     (0.3, 0.03, 2.0, 3)]  # fmt: skip
+    assert (search.lr, search.backbone_lr) == (0.1, 0.03)  # the first of the tied best
+    assert search.result.val_macro_f1 == 0.8
+    assert [c["val_macro_f1"] for c in search.candidates] == [0.5, 0.8, 0.8, 0.7]
+    assert search.candidates[0] == {"lr": 0.1, "backbone_lr": 0.003, "step": 7,
+                                    "val_macro_f1": 0.5, "steps_run": 9}  # fmt: skip
+
+
+def test_lr_search_with_one_pair_is_finetune():
+    train_x, train_y = blobs(32, 0)
+    val_x, val_y = blobs(16, 1)
+    settings = dict(augment=lambda x: x.float() / 255, preprocess=lambda x: x.float() / 255,
+                    num_classes=2, epochs=2, batch_size=16, seed=1)  # fmt: skip
+    backbone = build_backbone("convnet_tiny", 1, width=4)
+    direct = finetune(backbone, train_x, train_y, val_x, val_y, lr=0.2, backbone_lr=0.02,
+                      **settings)  # fmt: skip
+    search = finetune_lr_search(backbone, train_x, train_y, val_x, val_y, lrs=[0.2],
+                                backbone_lrs=0.02, **settings)  # fmt: skip
+    assert search.candidates == [{"lr": 0.2, "backbone_lr": 0.02, "step": direct.step,
+                                  "val_macro_f1": direct.val_macro_f1,
+                                  "steps_run": direct.steps_run}]  # fmt: skip
+    for name, value in direct.model.state_dict().items():
+        assert torch.equal(value, search.result.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("rates", [[], [0.0], [0.1, -1.0], [math.inf]])
+def test_lr_search_refuses_rates_that_are_not_positive(rates):
+    with pytest.raises(ValueError, match="finetune: backbone_lrs"):
+        finetune_lr_search(None, None, None, None, None, backbone_lrs=rates)
 
 
 def test_label_fraction_accepts_0_to_1():

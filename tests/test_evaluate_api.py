@@ -113,6 +113,8 @@ FRACTION = r"label_fraction must be in \(0, 1\], got "
         ({"protocol": "mlp", "label_fraction": 0.0}, FRACTION + "0.0"),
         ({"protocol": "knn", "label_fraction": 0.5}, "label_fraction=0.5 applies to linear"),
         ({"protocol": "transfer", "probe": "svm"}, "probe must be one of linear, mlp, got 'svm'"),
+        ({"protocol": "finetune", "lr": 0.0}, "evaluate: lr: learning rates must be > 0"),
+        ({"protocol": "finetune", "backbone_lr": []}, "evaluate: backbone_lr: give at least"),
     ],
 )
 def test_bad_requests_are_named_before_anything_loads(options, message):

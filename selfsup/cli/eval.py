@@ -68,6 +68,17 @@ def label_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got '{text}'") from None
 
 
+def learning_rate(text: str) -> float:
+    """``--lr`` / ``--backbone-lr``: a finite number > 0; argparse turns the error into exit
+    code 2."""
+    from selfsup.eval.finetune import check_learning_rates
+
+    try:
+        return check_learning_rates(float(text), "learning rate")[0]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got '{text}'") from None
+
+
 def positive_minutes(text: str) -> float:
     """``--minutes``: a number of minutes > 0; argparse turns the error into exit code 2."""
     from selfsup.eval.finetune import check_minutes
@@ -82,7 +93,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
     """Data and selection arguments of the supervised protocols (linear, mlp, finetune,
     transfer); the fine-tuning options only where they take effect."""
     from selfsup.data.spec import SPEC_HELP
-    from selfsup.eval.finetune import HEAD_INITS
+    from selfsup.eval.finetune import FINETUNE_BACKBONE_LR, FINETUNE_LR, HEAD_INITS
     from selfsup.eval.supervised import FINETUNE_EPOCHS, FINETUNE_MIN_STEPS, SEMI_METHODS
     from selfsup.eval.test_time import TEST_TIME_VIEWS
     from selfsup.eval.transfer import PROBES
@@ -139,6 +150,15 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
             help="test-time augmentation: selection, test scores and the saved classifier "
             "average the logits over the image and its mirror image (hflip) or its 8 turns and "
             "mirror images (dihedral: wafer maps, top-down images)",
+        )  # fmt: skip
+        p.add_argument(
+            "--lr", type=learning_rate, nargs="+", default=[FINETUNE_LR], metavar="LR",
+            help="the head's SGD learning rate; several: every (--lr, --backbone-lr) pair is "
+            "fine-tuned and the best on val is kept (--minutes covers them all)",
+        )  # fmt: skip
+        p.add_argument(
+            "--backbone-lr", type=learning_rate, nargs="+", default=[FINETUNE_BACKBONE_LR],
+            metavar="LR", help="the backbone's SGD learning rate; several: as --lr",
         )  # fmt: skip
         p.add_argument(
             "--views", action="append", default=[], metavar="KEY=VALUE",

@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from selfsup.eval.finetune import HEAD_INITS
+from selfsup.eval.finetune import (
+    FINETUNE_BACKBONE_LR,
+    FINETUNE_LR,
+    HEAD_INITS,
+    check_learning_rates,
+)
 from selfsup.eval.knn import KNN_K, KNN_TEMPERATURE, capped_bank
 from selfsup.eval.metrics import REPORTED_METRICS
 from selfsup.eval.protocol import (
@@ -318,6 +323,8 @@ def evaluate(
     unlabeled_data: str | None = None,
     unlabeled_split: str | None = None,
     test_time_views: str = "none",
+    lr: float | Sequence[float] = FINETUNE_LR,
+    backbone_lr: float | Sequence[float] = FINETUNE_BACKBONE_LR,
     seed: int = 0,
     batch_size: int = 512,
     checkpoint: str = "auto",
@@ -348,12 +355,17 @@ def evaluate(
     before its label fraction; recorded in ``chosen.semi``; the record's name ends
     ``_fixmatch``), ``test_time_views`` ("none", "hflip", "dihedral": val selection, test
     scores and the saved classifier average the logits over these symmetric views of each
-    image, ``selfsup.eval.test_time``; recorded in ``chosen``).
+    image, ``selfsup.eval.test_time``; recorded in ``chosen``), ``lr`` / ``backbone_lr``
+    (the head's and the backbone's SGD learning rate; several values: every pair is
+    fine-tuned, the one with the best val macro-F1 is kept, ``max_minutes`` covers them all;
+    ``chosen.lr``, ``chosen.backbone_lr``, ``chosen.lr_candidates``).
     Transfer: ``probe`` ("linear" or "mlp"). ``seed`` fixes every split and fit;
     ``batch_size`` images go through the frozen backbone at once (memory only). Options of
     other protocols are ignored. ``progress``: see ``selfsup.runtime.progress``.
     """
     _check_request(protocol, label_fraction, probe, semi, test_time_views)
+    lrs = tuple(check_learning_rates(lr, "evaluate: lr"))
+    backbone_lrs = tuple(check_learning_rates(backbone_lr, "evaluate: backbone_lr"))
     load = partial(_trained, run_or_backbone, checkpoint, trust_checkpoint,
                    from_projector_layer if protocol == "finetune" else 0)  # fmt: skip
     progress = resolve_progress(progress)
@@ -373,7 +385,8 @@ def evaluate(
                              test_data, label_fraction, unlabeled_data,
                              unlabeled_split)  # fmt: skip
         fit = FitSettings(seed, epochs, min_steps, head_init, dict(views or {}), batch_size,
-                          progress, semi, max_minutes, test_time_views)  # fmt: skip
+                          progress, semi, max_minutes, test_time_views, lrs,
+                          backbone_lrs)  # fmt: skip
         result = _evaluate_supervised(protocol, probe, where, load, fit)
         result.name = _supervised_record_name(protocol, probe, choice, where)
         if semi is not None:

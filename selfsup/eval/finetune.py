@@ -19,9 +19,10 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,10 @@ from selfsup.runtime.optim import parameter_groups, warmup_cosine
 from selfsup.runtime.progress import Progress, resolve_progress
 
 HEAD_INITS = ("zero", "probe")
+# SGD learning rates of fine-tuning: the head's, and the backbone's, ten times smaller so the
+# first steps do not undo what pretraining learnt (``finetune_lr_search`` tries others on val).
+FINETUNE_LR = 0.1
+FINETUNE_BACKBONE_LR = 0.01
 # The share of a fine-tuning time budget during which the schedule follows the steps alone. The
 # first steps are slower than the rest (allocations, caches): without this, the clock would be
 # a fraction of a step ahead of the steps at step 1, change the warm-up's first learning rates,
@@ -329,8 +334,8 @@ def finetune(
     min_steps: int = 0,
     evaluations: int = 10,
     batch_size: int = 256,
-    lr: float = 0.1,
-    backbone_lr: float | None = 0.01,
+    lr: float = FINETUNE_LR,
+    backbone_lr: float | None = FINETUNE_BACKBONE_LR,
     weight_decay: float = 5e-4,
     class_weighting: str = "sqrt",
     label_smoothing: float = 0.0,
@@ -409,6 +414,77 @@ def finetune(
     step, score, history = selection.step, selection.score, selection.history
     return FinetuneResult(model.eval(), step, step / steps_per_epoch, score, history,
                           selection.mask_rates, selection.steps_run, test_time_views)  # fmt: skip
+
+
+@dataclass
+class FinetuneSearch:
+    """What ``finetune_lr_search`` chose: the fine-tuned ``result`` with the best val macro-F1,
+    its ``lr`` and ``backbone_lr``, and every candidate in the order tried (``candidates``:
+    {"lr", "backbone_lr", "val_macro_f1", "step", "steps_run"})."""
+
+    result: FinetuneResult
+    lr: float
+    backbone_lr: float
+    candidates: list[dict[str, float]]
+
+
+def finetune_lr_search(
+    backbone: nn.Module,
+    train_images: Tensor,
+    train_labels: Tensor,
+    val_images: Tensor,
+    val_labels: Tensor,
+    *,
+    lrs: Sequence[float] = (FINETUNE_LR,),
+    backbone_lrs: Sequence[float] = (FINETUNE_BACKBONE_LR,),
+    max_minutes: float | None = None,
+    progress: Progress | None = None,
+    **settings: Any,
+) -> FinetuneSearch:
+    """Fine-tune once per pair of the grid ``lrs`` x ``backbone_lrs`` (head and backbone
+    learning rates) and keep the pair with the best val macro-F1 (the first on a tie): the
+    learning rates are chosen on val like the step, and the test split is never read. Every
+    candidate uses the same seed, hence the same batches and views. ``max_minutes`` is the
+    budget of the whole search, split evenly between the candidates. ``settings``: the other
+    keywords of ``finetune``. With one pair this is ``finetune`` itself."""
+    pairs = [
+        (lr, backbone_lr)
+        for lr in check_learning_rates(lrs, "finetune: lrs")
+        for backbone_lr in check_learning_rates(backbone_lrs, "finetune: backbone_lrs")
+    ]
+    share = None
+    if max_minutes is not None:
+        share = check_minutes(max_minutes, "finetune: max_minutes") / len(pairs)
+    best: FinetuneSearch | None = None
+    candidates: list[dict[str, float]] = []
+    for i, (lr, backbone_lr) in enumerate(pairs):
+        if len(pairs) > 1:
+            resolve_progress(progress).note(
+                f"learning rates {i + 1} of {len(pairs)}: head {lr:g}, backbone {backbone_lr:g}"
+            )
+        result = finetune(
+            backbone, train_images, train_labels, val_images, val_labels, lr=lr,
+            backbone_lr=backbone_lr, max_minutes=share, progress=progress, **settings,
+        )  # fmt: skip
+        candidates.append({"lr": lr, "backbone_lr": backbone_lr, "step": result.step,
+                           "val_macro_f1": result.val_macro_f1,
+                           "steps_run": result.steps_run})  # fmt: skip
+        if best is None or result.val_macro_f1 > best.result.val_macro_f1:
+            best = FinetuneSearch(result, lr, backbone_lr, candidates)
+    assert best is not None  # pairs is never empty
+    return best
+
+
+def check_learning_rates(values: float | Sequence[float], name: str) -> list[float]:
+    """``values`` (one number or several) as a list of finite learning rates > 0; else a
+    ValueError naming them as ``name``."""
+    rates = [values] if isinstance(values, (int, float)) else list(values)
+    if not rates:
+        raise ValueError(f"{name}: give at least one learning rate")
+    for rate in rates:
+        if not 0 < rate < math.inf:
+            raise ValueError(f"{name}: learning rates must be > 0 and finite, got {rate}")
+    return [float(rate) for rate in rates]
 
 
 def check_minutes(value: float, name: str = "max_minutes") -> float:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.data.image_dataset import ImageDataset
-from selfsup.eval.finetune import HEAD_INITS
+from selfsup.eval.finetune import FINETUNE_BACKBONE_LR, FINETUNE_LR, HEAD_INITS
 from selfsup.eval.metrics import classification_metrics
 from selfsup.runtime.progress import Progress
 
@@ -35,7 +35,8 @@ class FitSettings:
     ``head_init``, ``views`` (view recipe parameters replaced), ``semi`` (semi-supervised
     method), ``max_minutes`` (wall-clock budget, ``finetune``) and ``test_time_views``
     (``selfsup.eval.test_time``: selection, test scores and the saved classifier average the
-    logits over those views); ``batch_size`` images per
+    logits over those views), ``lrs`` and ``backbone_lrs`` (the head and backbone learning
+    rates to try, chosen on val: ``finetune_lr_search``); ``batch_size`` images per
     forward pass of the frozen backbone; ``progress`` (None: ``Progress.from_env``)."""
 
     seed: int = 0
@@ -48,6 +49,8 @@ class FitSettings:
     semi: str | None = None  # fine-tuning: None, or "fixmatch" (needs splits["unlabeled"])
     max_minutes: float | None = None
     test_time_views: str = "none"
+    lrs: tuple[float, ...] = (FINETUNE_LR,)
+    backbone_lrs: tuple[float, ...] = (FINETUNE_BACKBONE_LR,)
 
 
 @dataclass
@@ -91,27 +94,32 @@ def _finetune_and_test(
     splits: dict[str, ImageDataset], num_classes: int, settings: FitSettings,
 ) -> Fitted:  # fmt: skip
     from selfsup.artifacts import recipe_for
-    from selfsup.eval.finetune import finetune
+    from selfsup.eval.finetune import finetune_lr_search
 
     recipe = recipe_for(meta).with_params(**settings.views)
     train, val, test = splits["train"], splits["val"], splits["test"]
     semi = None
     if settings.semi is not None:
         semi = _fixmatch(meta, splits)
-    result = finetune(
+    search = finetune_lr_search(
         backbone, train.images, train.labels, val.images, val.labels,
+        lrs=settings.lrs, backbone_lrs=settings.backbone_lrs,
         augment=recipe.single_view, preprocess=preprocess, num_classes=num_classes,
         epochs=settings.epochs, min_steps=settings.min_steps, head_init=settings.head_init,
         seed=settings.seed, semi=semi, max_minutes=settings.max_minutes,
         test_time_views=settings.test_time_views, progress=settings.progress,
     )  # fmt: skip
+    result = search.result
     val_logits, test_logits = (result.logits(ds.images, preprocess) for ds in (val, test))
     metrics = classification_metrics(test.labels, None, num_classes, test.class_names,
                                      scores=test_logits.softmax(1))  # fmt: skip
     chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1,
               "head_init": settings.head_init, "views": recipe.params,
               "steps_run": result.steps_run, "max_minutes": settings.max_minutes,
-              "test_time_views": result.test_time_views}  # fmt: skip
+              "test_time_views": result.test_time_views, "lr": search.lr,
+              "backbone_lr": search.backbone_lr}  # fmt: skip
+    if len(search.candidates) > 1:
+        chosen["lr_candidates"] = search.candidates
     if semi is not None:
         chosen["semi"] = {"method": settings.semi, **semi.settings(),
                           "weak_views": FIXMATCH_VIEWS[meta.get("view_style", "natural")][0],
