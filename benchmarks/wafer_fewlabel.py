@@ -20,6 +20,8 @@ init on the same labels).
         --test-time-views dihedral       # logits averaged over each map's 8 turns and mirrors
     python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune \
         --finetune-backbone-lr 0.003 0.01 0.03   # the backbone's learning rate chosen on val
+    python benchmarks/wafer_fewlabel.py --run RUN --protocols finetune \
+        --finetune-ensemble 5             # 5 fine-tuning seeds, their logits averaged
 
 Writes a JSON with every number (including per-class F1) next to the printed tables.
 """
@@ -40,14 +42,12 @@ from machine import machine_line  # noqa: E402
 
 import selfsup  # noqa: E402
 from selfsup.artifacts import load_method_from_checkpoint  # noqa: E402
+from selfsup.cli.eval import ensemble_size  # noqa: E402
 from selfsup.config import apply_overrides  # noqa: E402
 from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
-from selfsup.eval.finetune import (  # noqa: E402
-    FINETUNE_BACKBONE_LR,
-    FINETUNE_LR,
-    finetune_lr_search,
-)
+from selfsup.eval.ensemble import finetune_ensemble  # noqa: E402
+from selfsup.eval.finetune import FINETUNE_BACKBONE_LR, FINETUNE_LR  # noqa: E402
 from selfsup.eval.supervised import fixmatch_with  # noqa: E402
 from selfsup.eval.test_time import TEST_TIME_VIEWS  # noqa: E402
 from selfsup.runtime.precision import resolve_precision  # noqa: E402
@@ -142,46 +142,27 @@ def finetune_rows(
     for split in args.splits:
         cells.start("finetune", split, name)
         start = time.perf_counter()
-        search = finetune_lr_search(
+        fitted = finetune_ensemble(
             backbone, data[split].images, data[split].labels, val_sel.images, val_sel.labels,
+            seeds=range(args.seed, args.seed + args.finetune_ensemble),
             lrs=args.finetune_lr, backbone_lrs=args.finetune_backbone_lr,
             augment=views.single_view, preprocess=recipe.preprocess, num_classes=num_classes,
             epochs=args.finetune_epochs, min_steps=args.finetune_min_steps,
             batch_size=args.finetune_batch, precision=args.precision,
-            head_init=head_init, seed=args.seed, semi=semi, max_minutes=args.finetune_minutes,
+            head_init=head_init, semi=semi, max_minutes=args.finetune_minutes,
             test_time_views=args.test_time_views, progress=cells.progress,
         )  # fmt: skip
-        result = search.result
-        test = result.evaluate(
+        test = fitted.result.evaluate(
             data["test"].images, data["test"].labels, recipe.preprocess, class_names
         )
+        chosen = {**fitted.selection_record(), "head_init": head_init, "seed": args.seed,
+                  "views": args.finetune_views, "max_minutes": args.finetune_minutes}  # fmt: skip
+        if semi is not None:
+            chosen["semi"] = {"method": "fixmatch", **semi.settings(),
+                              "mask_rate": fitted.result.mask_rates}  # fmt: skip
         rows.setdefault(name, {})[split] = {
             **scores(test),
-            "chosen": {
-                "head_init": head_init,
-                "seed": args.seed,
-                "views": args.finetune_views,
-                "step": result.step,
-                "steps_run": result.steps_run,
-                "max_minutes": args.finetune_minutes,
-                "test_time_views": args.test_time_views,
-                "epoch": result.epoch,
-                "val_macro_f1": result.val_macro_f1,
-                "lr": search.lr,
-                "backbone_lr": search.backbone_lr,
-                "lr_candidates": search.candidates,
-                **(
-                    {}
-                    if semi is None
-                    else {
-                        "semi": {
-                            "method": "fixmatch",
-                            **semi.settings(),
-                            "mask_rate": result.mask_rates,
-                        }
-                    }
-                ),
-            },  # fmt: skip
+            "chosen": chosen,
             "seconds": time.perf_counter() - start,
         }
         print(f"  {name} {split}: test macro-F1 {test['macro_f1']:.3f}", flush=True)
@@ -223,6 +204,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--finetune-lr", type=float, nargs="+", default=[FINETUNE_LR],
         help="fine-tuning head learning rate(s); several: each (lr, backbone lr) pair is "
         "fine-tuned and the best on val is scored on test (--finetune-minutes covers them all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune-ensemble", type=ensemble_size, default=1, metavar="N",
+        help="fine-tuning rows: N members (seeds --seed ... --seed + N - 1) whose logits are "
+        "averaged, in the val score and the test scores (--finetune-minutes covers them all)",
     )  # fmt: skip
     parser.add_argument(
         "--finetune-backbone-lr", type=float, nargs="+", default=[FINETUNE_BACKBONE_LR],

@@ -11,6 +11,9 @@ clf.class_names                           # ["Center", "Donut", ...]
 
 A classifier fine-tuned with test-time views (``selfsup.eval.test_time``) keeps them: its
 logits are the average over the image's symmetric views, as in the scores that selected it.
+An ensemble of fine-tuned members (``selfsup.eval.ensemble``) is saved as its members'
+networks side by side and one head that averages their logits (``ensemble_members`` in the
+JSON says how many networks to build).
 
 ``classifier.json`` holds the class names, the backbone's metadata (name, kwargs, input size
 and channels, view style, normalisation, wafer encoding: everything preprocessing needs), the
@@ -36,7 +39,8 @@ from selfsup.runtime.files import atomic_save_weights, atomic_write_text, load_w
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_META = "classifier.json"
 CLASSIFIER_FORMAT = "selfsup-classifier"
-CLASSIFIER_VERSION = 2  # 2: test_time_views (a version-1 file has none)
+# 2: test_time_views (a version-1 file has none); 3: ensemble_members (earlier files have 1)
+CLASSIFIER_VERSION = 3
 HEAD_KINDS = ("linear", "linear_probe", "mlp_probe")
 
 
@@ -89,6 +93,13 @@ class ImageClassifier(nn.Module):
     def in_channels(self) -> int:
         return int(self.metadata["in_channels"])
 
+    @property
+    def ensemble_members(self) -> int:
+        """How many fine-tuned networks the classifier averages (1: not an ensemble)."""
+        from selfsup.eval.ensemble import ConcatFeatures
+
+        return len(self.network.members) if isinstance(self.network, ConcatFeatures) else 1
+
     def forward(self, images: Tensor) -> Tensor:
         """images: uint8 [N, in_channels, image_size, image_size] -> logits [N, C] (float32),
         averaged over the ``test_time_views``."""
@@ -125,6 +136,7 @@ class ImageClassifier(nn.Module):
             "image_size": self.image_size,
             "in_channels": self.in_channels,
             "backbone": self.metadata,
+            "ensemble_members": self.ensemble_members,
             "projector_blocks": self.trunk_spec,
             "head": self.head_spec,
             "temperature": float(self.temperature),
@@ -198,6 +210,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     from safetensors.torch import load_file
 
+    from selfsup.eval.ensemble import ConcatFeatures
     from selfsup.eval.finetune import ProjectorTrunk
 
     meta_path, weights_path = artifact_files(
@@ -219,9 +232,18 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     for field in ("class_names", "backbone", "head"):
         if field not in meta:
             raise ValueError(f"'{meta_path}' has no '{field}' field")
-    network: nn.Module = build_backbone_from_metadata(meta["backbone"])
-    if meta.get("projector_blocks"):
-        network = ProjectorTrunk(network, blocks_from_spec(meta["projector_blocks"]))
+    members = meta.get("ensemble_members", 1)
+    if not isinstance(members, int) or members < 1:
+        raise ValueError(
+            f"'{meta_path}': ensemble_members must be an integer >= 1, got {members!r}"
+        )
+    networks: list[nn.Module] = []
+    for _ in range(members):
+        network: nn.Module = build_backbone_from_metadata(meta["backbone"])
+        if meta.get("projector_blocks"):
+            network = ProjectorTrunk(network, blocks_from_spec(meta["projector_blocks"]))
+        networks.append(network)
+    network = networks[0] if members == 1 else ConcatFeatures(networks)
     classifier = ImageClassifier(
         network, head_from_spec(meta["head"]), metadata=meta["backbone"],
         class_names=meta["class_names"], head_spec=meta["head"],

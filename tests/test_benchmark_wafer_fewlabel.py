@@ -82,4 +82,6 @@ def test_splits_choose_the_label_fractions_in_table_order():
     ]  # fmt: skip
     assert bench.parse_args(["--run", "RUN"]).splits == ("train_1", "train_10", "train_20")
     with pytest.raises(SystemExit):
+        bench.parse_args(["--run", "RUN", "--finetune-ensemble", "0"])
+    with pytest.raises(SystemExit):
         bench.parse_args(["--run", "RUN", "--splits", "train_5"])

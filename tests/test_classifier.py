@@ -107,6 +107,22 @@ def test_transfer_and_knn_save_no_classifier(labelled_npz, export):
     assert evaluate(export, data=str(train), query_data=str(val), k=3).classifier is None
 
 
+def _scored_saved_and_reloaded(result, export, val, in_memory):
+    """Checks that the record's test accuracy is ``in_memory``'s (the classifier's logits on
+    the val file) and that the saved classifier reloads to the same logits; returns the
+    folder, its classifier.json and the loaded classifier."""
+    labels = torch.from_numpy(np.load(val)["labels"])
+    accuracy = in_memory.argmax(1).eq(labels).float().mean().item()
+    assert accuracy == pytest.approx(result.metrics["accuracy"])
+    result.save(export)
+    folder = export / f"{result.name}_classifier"
+    meta = json.loads((folder / CLASSIFIER_META).read_text())
+    loaded = load_classifier(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_images(val)), in_memory)
+    return folder, meta, loaded
+
+
 def test_test_time_views_are_saved_and_used_by_the_loaded_classifier(labelled_npz, export):
     train, val = labelled_npz
     result = evaluate(export, data=str(train), protocol="finetune", test_data=str(val),
@@ -120,17 +136,9 @@ def test_test_time_views_are_saved_and_used_by_the_loaded_classifier(labelled_np
         torch.testing.assert_close(clf(torch.rot90(images, 1, (-2, -1))), in_memory)
         torch.testing.assert_close(clf(images.flip(-1)), in_memory)
     # ... and the record's test scores are this averaged model's
-    labels = torch.from_numpy(np.load(val)["labels"])
-    accuracy = in_memory.argmax(1).eq(labels).float().mean().item()
-    assert accuracy == pytest.approx(result.metrics["accuracy"])
-    result.save(export)
-    folder = export / f"{result.name}_classifier"
-    meta = json.loads((folder / CLASSIFIER_META).read_text())
-    assert meta["test_time_views"] == "dihedral" and meta["version"] == 2
-    loaded = load_classifier(folder)
+    folder, meta, loaded = _scored_saved_and_reloaded(result, export, val, in_memory)
+    assert meta["test_time_views"] == "dihedral" and meta["version"] == 3
     assert loaded.test_time_views == "dihedral"
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(images), in_memory)
     # a version-1 file (before test-time views) loads as "none"
     del meta["test_time_views"]
     (folder / CLASSIFIER_META).write_text(json.dumps({**meta, "version": 1}))
@@ -145,3 +153,22 @@ def test_test_time_views_are_refused_where_they_do_not_apply(labelled_npz, expor
     with pytest.raises(ValueError, match="evaluate: test_time_views must be one of"):
         evaluate(export, data=str(train), protocol="finetune", test_data=str(val),
                  test_time_views="rotate")  # fmt: skip
+
+
+def test_an_ensemble_is_saved_and_loaded_with_every_member(labelled_npz, export):
+    train, val = labelled_npz
+    result = evaluate(export, data=str(train), protocol="finetune", test_data=str(val),
+                      epochs=1, min_steps=3, ensemble=2, seed=4)  # fmt: skip
+    members = result.record["chosen"]["ensemble"]
+    assert [m["seed"] for m in members] == [4, 5] and result.record["chosen"]["step"] is None
+    clf = result.classifier
+    assert clf.ensemble_members == 2
+    images = _images(val)
+    with torch.no_grad():
+        in_memory = clf(images)
+    folder, meta, loaded = _scored_saved_and_reloaded(result, export, val, in_memory)
+    assert meta["ensemble_members"] == 2 and meta["version"] == 3
+    assert loaded.ensemble_members == 2
+    (folder / CLASSIFIER_META).write_text(json.dumps({**meta, "ensemble_members": 0}))
+    with pytest.raises(ValueError, match="ensemble_members must be an integer >= 1, got 0"):
+        load_classifier(folder)

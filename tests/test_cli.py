@@ -197,6 +197,11 @@ def test_cli_finetune_views_replace_recipe_parameters(labelled_npz, tmp_path, ca
     best = max(chosen["lr_candidates"], key=lambda c: c["val_macro_f1"])
     assert (chosen["lr"], chosen["backbone_lr"]) == (best["lr"], best["backbone_lr"])
     assert chosen["val_macro_f1"] == best["val_macro_f1"]
+    assert main([*argv, "--ensemble", "2", "--seed", "1"]) == 0
+    record = json.loads((run / "eval_finetune_data.json").read_text())
+    assert [m["seed"] for m in record["chosen"]["ensemble"]] == [1, 2]
+    saved = json.loads((run / record["classifier"] / "classifier.json").read_text())
+    assert saved["ensemble_members"] == 2
     assert main([*argv, "--views", "die_flip_p=0"]) == 2  # a wafer parameter on photos
     assert "no parameter 'die_flip_p'" in capsys.readouterr().err
     assert main([*argv, "--views", "hflip_p"]) == 2

@@ -49,20 +49,19 @@ def test_cli_refuses_label_fraction_outside_0_1(protocol, value, capsys):
     assert "--label-fraction" in error and f"got '{value}'" in error
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
-def test_cli_refuses_a_fine_tuning_budget_that_is_not_positive(value, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["eval", "finetune", "/nonexistent/run", "--minutes", value])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--minutes" in error and f"got '{value}'" in error
+BAD_FINETUNE_OPTIONS = [
+    *(("--minutes", value) for value in ("0", "-1", "nan", "inf", "soon")),
+    *((option, value) for option in ("--lr", "--backbone-lr") for value in ("0", "-0.1", "inf")),
+    ("--lr", "fast"),
+    *(("--ensemble", value) for value in ("0", "-2", "two")),
+]
 
 
-@pytest.mark.parametrize("option", ["--lr", "--backbone-lr"])
-@pytest.mark.parametrize("value", ["0", "-0.1", "inf", "fast"])
-def test_cli_refuses_a_learning_rate_that_is_not_positive(option, value, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["eval", "finetune", "/nonexistent/run", option, "0.01", value])
+@pytest.mark.parametrize("option, value", BAD_FINETUNE_OPTIONS)
+def test_cli_refuses_fine_tuning_options_out_of_range(option, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # --lr and --backbone-lr take several values
+        main(["eval", "finetune", "/nonexistent/run", option, *(["0.01"] * ("lr" in option)),
+              value])  # fmt: skip
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert option in error and f"got '{value}'" in error

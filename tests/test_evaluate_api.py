@@ -115,6 +115,8 @@ FRACTION = r"label_fraction must be in \(0, 1\], got "
         ({"protocol": "transfer", "probe": "svm"}, "probe must be one of linear, mlp, got 'svm'"),
         ({"protocol": "finetune", "lr": 0.0}, "evaluate: lr: learning rates must be > 0"),
         ({"protocol": "finetune", "backbone_lr": []}, "evaluate: backbone_lr: give at least"),
+        ({"protocol": "finetune", "ensemble": 0}, "ensemble must be an integer >= 1, got 0"),
+        ({"protocol": "linear", "ensemble": 2}, "ensemble applies to protocol finetune only"),
     ],
 )
 def test_bad_requests_are_named_before_anything_loads(options, message):

@@ -79,6 +79,17 @@ def learning_rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got '{text}'") from None
 
 
+def ensemble_size(text: str) -> int:
+    """``--ensemble``: an integer >= 1; argparse turns the error into exit code 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got '{text}'")
+    return value
+
+
 def positive_minutes(text: str) -> float:
     """``--minutes``: a number of minutes > 0; argparse turns the error into exit code 2."""
     from selfsup.eval.finetune import check_minutes
@@ -159,6 +170,11 @@ def _add_protocol_args(p: argparse.ArgumentParser, protocol: str) -> None:
         p.add_argument(
             "--backbone-lr", type=learning_rate, nargs="+", default=[FINETUNE_BACKBONE_LR],
             metavar="LR", help="the backbone's SGD learning rate; several: as --lr",
+        )  # fmt: skip
+        p.add_argument(
+            "--ensemble", type=ensemble_size, default=1, metavar="N",
+            help="fine-tune N members with seeds --seed ... --seed + N - 1 and average their "
+            "logits (val score, test scores, the saved classifier); --minutes covers them all",
         )  # fmt: skip
         p.add_argument(
             "--views", action="append", default=[], metavar="KEY=VALUE",

@@ -325,6 +325,7 @@ def evaluate(
     test_time_views: str = "none",
     lr: float | Sequence[float] = FINETUNE_LR,
     backbone_lr: float | Sequence[float] = FINETUNE_BACKBONE_LR,
+    ensemble: int = 1,
     seed: int = 0,
     batch_size: int = 512,
     checkpoint: str = "auto",
@@ -358,7 +359,10 @@ def evaluate(
     image, ``selfsup.eval.test_time``; recorded in ``chosen``), ``lr`` / ``backbone_lr``
     (the head's and the backbone's SGD learning rate; several values: every pair is
     fine-tuned, the one with the best val macro-F1 is kept, ``max_minutes`` covers them all;
-    ``chosen.lr``, ``chosen.backbone_lr``, ``chosen.lr_candidates``).
+    ``chosen.lr``, ``chosen.backbone_lr``, ``chosen.lr_candidates``), ``ensemble`` (N > 1:
+    N members fine-tuned with seeds ``seed`` ... ``seed + N - 1``, their logits averaged, in
+    the val score, the test scores and the saved classifier; ``max_minutes`` covers them all;
+    ``chosen.ensemble`` lists each member's step, learning rates and val score).
     Transfer: ``probe`` ("linear" or "mlp"). ``seed`` fixes every split and fit;
     ``batch_size`` images go through the frozen backbone at once (memory only). Options of
     other protocols are ignored. ``progress``: see ``selfsup.runtime.progress``.
@@ -366,6 +370,13 @@ def evaluate(
     _check_request(protocol, label_fraction, probe, semi, test_time_views)
     lrs = tuple(check_learning_rates(lr, "evaluate: lr"))
     backbone_lrs = tuple(check_learning_rates(backbone_lr, "evaluate: backbone_lr"))
+    if not (isinstance(ensemble, int) and ensemble >= 1):
+        raise ValueError(f"evaluate: ensemble must be an integer >= 1, got {ensemble!r}")
+    if ensemble > 1 and protocol != "finetune":
+        raise ValueError(
+            f"evaluate: ensemble applies to protocol finetune only, got ensemble={ensemble} "
+            f"with protocol '{protocol}'"
+        )
     load = partial(_trained, run_or_backbone, checkpoint, trust_checkpoint,
                    from_projector_layer if protocol == "finetune" else 0)  # fmt: skip
     progress = resolve_progress(progress)
@@ -386,7 +397,7 @@ def evaluate(
                              unlabeled_split)  # fmt: skip
         fit = FitSettings(seed, epochs, min_steps, head_init, dict(views or {}), batch_size,
                           progress, semi, max_minutes, test_time_views, lrs,
-                          backbone_lrs)  # fmt: skip
+                          backbone_lrs, ensemble)  # fmt: skip
         result = _evaluate_supervised(protocol, probe, where, load, fit)
         result.name = _supervised_record_name(protocol, probe, choice, where)
         if semi is not None:
@@ -604,12 +615,14 @@ def _classifier(
     """The fit's network and head as a classifier of raw images, with the calibrated
     temperature and the class names of the training data (indices when it has none)."""
     from selfsup.classifier import ImageClassifier, trunk_spec
+    from selfsup.eval.ensemble import ConcatFeatures
     from selfsup.eval.finetune import ProjectorTrunk
 
     num_classes = fitted.head_spec["num_classes"]
     names = splits["train"].class_names or [str(i) for i in range(num_classes)]
     network = fitted.network
-    blocks = trunk_spec(list(network.projector)) if isinstance(network, ProjectorTrunk) else []
+    member = network.members[0] if isinstance(network, ConcatFeatures) else network
+    blocks = trunk_spec(list(member.projector)) if isinstance(member, ProjectorTrunk) else []
     classifier = ImageClassifier(
         network, fitted.head, metadata=trained.meta, class_names=names[:num_classes],
         head_spec=fitted.head_spec, trunk_spec=blocks,

@@ -226,12 +226,14 @@ class FinetuneResult:
     evaluation) at every evaluation. ``steps_run``: the steps trained (fewer than planned when
     a ``max_minutes`` budget ended the run). ``test_time_views``: the views whose logits are
     averaged in ``logits`` / ``predict`` / ``evaluate``, as in the val scores that selected the
-    model (``selfsup.eval.test_time``).
+    model (``selfsup.eval.test_time``). An ensemble (``selfsup.eval.ensemble``) has no single
+    step: ``step`` and ``epoch`` are None, ``val_macro_f1`` is the ensemble's and ``steps_run``
+    the members' total.
     """
 
     model: Classifier
-    step: int
-    epoch: float
+    step: int | None
+    epoch: float | None
     val_macro_f1: float
     history: list[tuple[int, float]] = field(default_factory=list)
     mask_rates: list[tuple[int, float]] = field(default_factory=list)

@@ -36,7 +36,9 @@ class FitSettings:
     method), ``max_minutes`` (wall-clock budget, ``finetune``) and ``test_time_views``
     (``selfsup.eval.test_time``: selection, test scores and the saved classifier average the
     logits over those views), ``lrs`` and ``backbone_lrs`` (the head and backbone learning
-    rates to try, chosen on val: ``finetune_lr_search``); ``batch_size`` images per
+    rates to try, chosen on val: ``finetune_lr_search``), ``ensemble`` (members fine-tuned
+    with seeds ``seed``, ``seed + 1``, ... whose logits are averaged: ``selfsup.eval.ensemble``);
+    ``batch_size`` images per
     forward pass of the frozen backbone; ``progress`` (None: ``Progress.from_env``)."""
 
     seed: int = 0
@@ -51,6 +53,7 @@ class FitSettings:
     test_time_views: str = "none"
     lrs: tuple[float, ...] = (FINETUNE_LR,)
     backbone_lrs: tuple[float, ...] = (FINETUNE_BACKBONE_LR,)
+    ensemble: int = 1
 
 
 @dataclass
@@ -94,32 +97,28 @@ def _finetune_and_test(
     splits: dict[str, ImageDataset], num_classes: int, settings: FitSettings,
 ) -> Fitted:  # fmt: skip
     from selfsup.artifacts import recipe_for
-    from selfsup.eval.finetune import finetune_lr_search
+    from selfsup.eval.ensemble import finetune_ensemble
 
     recipe = recipe_for(meta).with_params(**settings.views)
     train, val, test = splits["train"], splits["val"], splits["test"]
     semi = None
     if settings.semi is not None:
         semi = _fixmatch(meta, splits)
-    search = finetune_lr_search(
+    fitted = finetune_ensemble(
         backbone, train.images, train.labels, val.images, val.labels,
+        seeds=range(settings.seed, settings.seed + settings.ensemble),
         lrs=settings.lrs, backbone_lrs=settings.backbone_lrs,
         augment=recipe.single_view, preprocess=preprocess, num_classes=num_classes,
         epochs=settings.epochs, min_steps=settings.min_steps, head_init=settings.head_init,
-        seed=settings.seed, semi=semi, max_minutes=settings.max_minutes,
+        semi=semi, max_minutes=settings.max_minutes,
         test_time_views=settings.test_time_views, progress=settings.progress,
     )  # fmt: skip
-    result = search.result
+    result = fitted.result
     val_logits, test_logits = (result.logits(ds.images, preprocess) for ds in (val, test))
     metrics = classification_metrics(test.labels, None, num_classes, test.class_names,
                                      scores=test_logits.softmax(1))  # fmt: skip
-    chosen = {"step": result.step, "epoch": result.epoch, "val_macro_f1": result.val_macro_f1,
-              "head_init": settings.head_init, "views": recipe.params,
-              "steps_run": result.steps_run, "max_minutes": settings.max_minutes,
-              "test_time_views": result.test_time_views, "lr": search.lr,
-              "backbone_lr": search.backbone_lr}  # fmt: skip
-    if len(search.candidates) > 1:
-        chosen["lr_candidates"] = search.candidates
+    chosen = {**fitted.selection_record(), "head_init": settings.head_init,
+              "views": recipe.params, "max_minutes": settings.max_minutes}  # fmt: skip
     if semi is not None:
         chosen["semi"] = {"method": settings.semi, **semi.settings(),
                           "weak_views": FIXMATCH_VIEWS[meta.get("view_style", "natural")][0],
