@@ -153,8 +153,9 @@ def finetune_rows(
             test_time_views=args.test_time_views, progress=cells.progress,
         )  # fmt: skip
         test = fitted.result.evaluate(
-            data["test"].images, data["test"].labels, recipe.preprocess, class_names
-        )
+            data["test"].images, data["test"].labels, recipe.preprocess, class_names,
+            progress=cells.progress,
+        )  # fmt: skip
         chosen = {**fitted.selection_record(), "head_init": head_init, "seed": args.seed,
                   "views": args.finetune_views, "max_minutes": args.finetune_minutes}  # fmt: skip
         if semi is not None:

@@ -396,7 +396,12 @@ def test_finetune_reports_steps_val_score_and_time_left(capsys):
         num_classes=2, epochs=1, min_steps=30, evaluations=3, batch_size=4,
         progress=Progress(every=0),
     )  # fmt: skip
-    lines = capsys.readouterr().err.splitlines()
+    printed = capsys.readouterr().err.splitlines()
+    lines = [line for line in printed if line.startswith("fine-tune")]
+    # each of the 3 evaluations reports its batch of val images and closes
+    scoring = [line for line in printed if line.startswith("class scores of 16 images: ")]
+    assert len(scoring) == 3 * 2 and len(printed) == len(lines) + len(scoring)
+    assert scoring[-1].endswith(" done in 0:00")
     assert lines.pop(0).startswith("fine-tune: 1 epochs of 2 steps = 2 steps, raised to 30 ")
     assert len(lines) == 31  # every step (rate limit 0), then the closing line
     assert lines[0].startswith("fine-tune: 1/30 steps (3 %), ") and " elapsed, ~" in lines[0]

@@ -143,9 +143,8 @@ def finetune_ensemble(
     steps = sum(m.result.steps_run for m in members)
     result = FinetuneResult(model, None, None, 0.0, steps_run=steps,
                             test_time_views=test_time_views)  # fmt: skip
-    result.val_macro_f1 = macro_f1(
-        val_labels, result.logits(val_images, preprocess).argmax(1), num_classes
-    )
+    predictions = result.logits(val_images, preprocess, progress=progress).argmax(1)
+    result.val_macro_f1 = macro_f1(val_labels, predictions, num_classes)
     return FinetuneEnsemble(result, seeds, members)
 
 

@@ -240,17 +240,26 @@ class FinetuneResult:
     steps_run: int = 0
     test_time_views: str = "none"
 
-    def predict(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
+    def predict(
+        self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size: int = 512,
+        progress: Progress | None = None,
+    ) -> Tensor:  # fmt: skip
         """Class scores [N, C] (eval mode) for raw images."""
-        return self.logits(images, preprocess, batch_size).softmax(-1)
+        return self.logits(images, preprocess, batch_size, progress).softmax(-1)
 
-    def logits(self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size=512):
+    def logits(
+        self, images: Tensor, preprocess: Callable[[Tensor], Tensor], batch_size: int = 512,
+        progress: Progress | None = None,
+    ) -> Tensor:  # fmt: skip
         """Class logits [N, C] (eval mode, float32, on the CPU) for raw images, averaged over
-        the ``test_time_views``."""
-        return _logits(self.model, images, preprocess, batch_size, self.test_time_views)
+        the ``test_time_views``; ``progress`` reports the batches."""
+        return _logits(self.model, images, preprocess, batch_size, self.test_time_views,
+                       progress)  # fmt: skip
 
-    def evaluate(self, images, labels, preprocess, class_names=None) -> dict:
-        scores = self.predict(images, preprocess)
+    def evaluate(
+        self, images, labels, preprocess, class_names=None, progress: Progress | None = None
+    ) -> dict:
+        scores = self.predict(images, preprocess, progress=progress)
         return classification_metrics(
             labels, None, scores.shape[1], class_names=class_names, scores=scores
         )
@@ -259,17 +268,23 @@ class FinetuneResult:
 @torch.no_grad()
 def _logits(
     model: nn.Module, images: Tensor, preprocess: Callable[[Tensor], Tensor],
-    batch_size: int = 512, test_time_views: str = "none",
+    batch_size: int = 512, test_time_views: str = "none", progress: Progress | None = None,
 ) -> Tensor:  # fmt: skip
     """Class logits [N, C] of ``model`` in eval mode for raw images, float32 on the CPU,
-    averaged over ``test_time_views``."""
+    averaged over ``test_time_views``; ``progress`` reports the batches (long inputs, many
+    views or an ensemble make this a job of minutes)."""
     model.eval()
     device = next(model.parameters()).device
-    out = [
-        averaged_logits(model, preprocess(images[i : i + batch_size].to(device)),
-                        test_time_views).cpu()
-        for i in range(0, images.shape[0], batch_size)
-    ]  # fmt: skip
+    batches = range(0, images.shape[0], batch_size)
+    task = resolve_progress(progress).task(
+        f"class scores of {images.shape[0]} images", len(batches), "batches"
+    )
+    out = []
+    for i in batches:
+        x = preprocess(images[i : i + batch_size].to(device))
+        out.append(averaged_logits(model, x, test_time_views).cpu())
+        task.advance()
+    task.close()
     return torch.cat(out)
 
 
@@ -618,7 +633,8 @@ class _Trainer:
                     evaluated = min(evaluations, math.floor(done * evaluations + 1e-9))
                     with self.autocast():
                         logits = _logits(self.model, val[0], self.preprocess,
-                                         test_time_views=test_time_views)  # fmt: skip
+                                         test_time_views=test_time_views,
+                                         progress=progress)  # fmt: skip
                     preds = logits.argmax(1)
                     selection.record(step, macro_f1(val[1], preds, num_classes), self.model)
                     if rates:  # FixMatch: the mean share above the threshold since the last

@@ -114,7 +114,9 @@ def _finetune_and_test(
         test_time_views=settings.test_time_views, progress=settings.progress,
     )  # fmt: skip
     result = fitted.result
-    val_logits, test_logits = (result.logits(ds.images, preprocess) for ds in (val, test))
+    val_logits, test_logits = (
+        result.logits(ds.images, preprocess, progress=settings.progress) for ds in (val, test)
+    )
     metrics = classification_metrics(test.labels, None, num_classes, test.class_names,
                                      scores=test_logits.softmax(1))  # fmt: skip
     chosen = {**fitted.selection_record(), "head_init": settings.head_init,
