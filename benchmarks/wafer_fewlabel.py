@@ -42,7 +42,7 @@ from machine import machine_line  # noqa: E402
 
 import selfsup  # noqa: E402
 from selfsup.artifacts import load_method_from_checkpoint  # noqa: E402
-from selfsup.cli.eval import ensemble_size  # noqa: E402
+from selfsup.cli.eval import ensemble_size, learning_rate  # noqa: E402
 from selfsup.config import apply_overrides  # noqa: E402
 from selfsup.data import load_wafer_subset  # noqa: E402
 from selfsup.eval import extract_features, linear_probe, mlp_probe  # noqa: E402
@@ -202,7 +202,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--finetune-batch", type=int, default=128)
     parser.add_argument(
-        "--finetune-lr", type=float, nargs="+", default=[FINETUNE_LR],
+        "--finetune-lr", type=learning_rate, nargs="+", default=[FINETUNE_LR],
         help="fine-tuning head learning rate(s); several: each (lr, backbone lr) pair is "
         "fine-tuned and the best on val is scored on test (--finetune-minutes covers them all)",
     )  # fmt: skip
@@ -212,7 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "averaged, in the val score and the test scores (--finetune-minutes covers them all)",
     )  # fmt: skip
     parser.add_argument(
-        "--finetune-backbone-lr", type=float, nargs="+", default=[FINETUNE_BACKBONE_LR],
+        "--finetune-backbone-lr", type=learning_rate, nargs="+", default=[FINETUNE_BACKBONE_LR],
         help="fine-tuning backbone learning rate(s), chosen on val as --finetune-lr",
     )  # fmt: skip
     parser.add_argument(
