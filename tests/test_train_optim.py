@@ -1,8 +1,17 @@
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from selfsup.runtime.optim import LARS, build_optimizer, parameter_groups, scaled_lr, warmup_cosine
+from selfsup.runtime.optim import (
+    LARS,
+    WARMUP_MAX_BUDGET_SHARE,
+    build_optimizer,
+    parameter_groups,
+    scaled_lr,
+    warmup_cosine,
+)
 from selfsup.runtime.precision import resolve_channels_last, resolve_precision
 
 
@@ -24,14 +33,50 @@ def test_warmup_cosine_shape():
     assert warmup_cosine(100, total, warm, final_fraction=0.1) == pytest.approx(0.1)
 
 
+def cosine_at(progress: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def test_warmup_cosine_follows_a_time_budget_that_runs_out_first():
-    total, warm = 100, 10
+    total, warm, cap = 100, 10, WARMUP_MAX_BUDGET_SHARE
     # step 20 of 100 is 1/9 through the cosine, but half of the time budget is spent
-    assert warmup_cosine(20, total, warm, time_progress=0.5) == pytest.approx(0.5)
+    by_time = (0.5 - cap) / (1 - cap)
+    assert warmup_cosine(20, total, warm, time_progress=0.5) == pytest.approx(cosine_at(by_time))
     assert warmup_cosine(20, total, warm, time_progress=1.0) == pytest.approx(0.0, abs=1e-12)
     # the step count still ends the schedule when it is further along than the clock
     assert warmup_cosine(100, total, warm, time_progress=0.1) == pytest.approx(0.0, abs=1e-12)
-    assert warmup_cosine(3, total, warm, time_progress=0.9) == pytest.approx(0.4)  # warm-up
+
+
+def test_warmup_under_a_budget_ends_by_its_share_of_the_budget():
+    total, warm, cap = 10_000, 100, WARMUP_MAX_BUDGET_SHARE
+    # the clock is further along than the steps: it drives the warm-up
+    assert warmup_cosine(3, total, warm, time_progress=cap / 2) == pytest.approx(0.5)
+    assert warmup_cosine(30, total, warm, time_progress=cap / 2) == pytest.approx(0.5)
+    # steps' warm-up not over, but the cap is: the cosine starts from the cap
+    late = (0.9 - cap) / (1 - cap)
+    assert warmup_cosine(3, total, warm, time_progress=0.9) == pytest.approx(cosine_at(late))
+    # the steps' warm-up ended early: the peak holds until the cap, then the cosine
+    assert warmup_cosine(warm, total, warm, time_progress=cap / 4) == pytest.approx(1.0, abs=1e-6)
+    assert warmup_cosine(warm + 1, total, warm, time_progress=cap) == pytest.approx(1.0, abs=1e-6)
+    # no warm-up planned: the cosine runs on the whole budget
+    assert warmup_cosine(5, total, 0, time_progress=0.5) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("warmup_share_of_budget", [0.05, 0.64, 3.0])
+def test_budgeted_schedule_peaks_once_and_never_jumps(warmup_share_of_budget):
+    """A run whose warm-up in steps would take this share of its budget: the LR rises to its peak
+    and decays smoothly to 0 when the budget ends (session 15's DINO rows warmed up for 64 % of
+    their 10 minutes and then fell from the peak to 0.2 of it in one step)."""
+    warm, total = 100, 100_000
+    steps_in_budget = round(warm / warmup_share_of_budget)
+    factors = [
+        warmup_cosine(step, total, warm, time_progress=(step + 1) / steps_in_budget)
+        for step in range(steps_in_budget)
+    ]
+    assert max(factors) == pytest.approx(1.0, abs=0.02)
+    assert factors[-1] == pytest.approx(0.0, abs=1e-9)
+    jumps = [abs(b - a) for a, b in zip(factors[:-1], factors[1:], strict=True)]
+    assert max(jumps) < 4 / min(warm, steps_in_budget * WARMUP_MAX_BUDGET_SHARE)
 
 
 def test_parameter_groups_exclude_bias_and_norm_from_decay():

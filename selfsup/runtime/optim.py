@@ -10,6 +10,9 @@ from torch import nn
 
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 ADAM_BETAS = (0.9, 0.999)  # torch's (and Kingma & Ba's) defaults
+# Under a wall-clock budget the LR warm-up is over by this share of it, however many steps it
+# planned (SimCLR and DINO warm up for 10 epochs of 100 or more).
+WARMUP_MAX_BUDGET_SHARE = 0.1
 
 
 def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear") -> float:
@@ -140,16 +143,27 @@ def warmup_cosine(
     final_fraction: float = 0.0,
     time_progress: float = 0.0,
 ) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to
-    ``final_fraction`` (Loshchilov & Hutter 2017, without restarts).
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine to ``final_fraction``
+    (Loshchilov & Hutter 2017, without restarts).
 
-    The cosine runs on progress p = max((step - warmup) / (total - warmup), time_progress),
-    so a wall-clock budget (``time_progress`` = elapsed / budget) ends the schedule when the
-    time is up even if fewer than ``total_steps`` steps ran:
-    factor = f + (1 - f) * (1 + cos(pi * p)) / 2.
+    In steps, the warm-up lasts ``warmup_steps`` and the cosine the rest of ``total_steps``. A
+    wall-clock budget (``time_progress`` = elapsed / budget; 0 without one) can end both sooner:
+    the warm-up is over by c = ``WARMUP_MAX_BUDGET_SHARE`` of the budget, and the cosine ends
+    with the budget:
+        warm-up (step < warmup_steps and time_progress < c): max((step + 1) / warmup_steps,
+                                                                 time_progress / c)
+        p = max((step - warmup_steps) / (total_steps - warmup_steps), (time_progress - c) / (1 - c))
+        factor = f + (1 - f) * (1 + cos(pi * p)) / 2.
+    When the steps' warm-up ends before c of the budget, the LR holds its peak until then (no
+    warm-up planned: c = 0, the cosine runs on the whole budget). Without
+    the cap a budget shorter than the warm-up's steps (10 minutes that fit 0.8 epoch, with a
+    0.5-epoch warm-up) spent most of the run warming up and then dropped at once to the late
+    part of the cosine, since the cosine ran on elapsed / budget from the start.
     """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
+    cap = WARMUP_MAX_BUDGET_SHARE if warmup_steps > 0 else 0.0
+    if warmup_steps > 0 and step < warmup_steps and time_progress < cap:
+        return max((step + 1) / warmup_steps, time_progress / cap)
     span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max((step - warmup_steps) / span, time_progress))
+    by_time = (time_progress - cap) / (1 - cap)
+    progress = min(1.0, max((step - warmup_steps) / span, by_time, 0.0))
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
