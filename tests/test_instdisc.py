@@ -101,6 +101,50 @@ def test_bank_momentum_blends_the_normalised_feature():
     assert torch.isfinite(out.loss)
 
 
+def test_proximal_term_pulls_the_feature_towards_its_bank_row():
+    """Wu et al. sec. 3.4: loss + lambda * mean ||f_i - v_i||^2 with v_i the row before the step's
+    update; its gradient on the unit feature f_i is 2 lambda (f_i - v_i) / B, seen through the
+    normalisation as (I - f_i f_i^T) 2 lambda (f_i - v_i) / B."""
+    torch.manual_seed(0)
+    x, indices = torch.randn(2, 3, 1, 1), torch.tensor([4, 1])
+    losses, grads = {}, {}
+    for weight in (0.0, 3.0):
+        torch.manual_seed(1)
+        method = flat_method(InstDisc, 3, proj_dim=3, num_samples=5, num_negatives=4,
+                             proximal_weight=weight)  # fmt: skip
+        method.bank.written.fill_(True)  # rows as written by earlier steps
+        rows = method.bank.rows.clone()
+        features = F.normalize(method.projector(x.flatten(1)), dim=1)
+        features.retain_grad()
+        method.projector = IdentityOf(features)
+        out = method.training_loss([x], indices=indices)
+        out.loss.backward()
+        losses[weight], grads[weight] = out.loss.item(), features.grad.clone()
+        if weight:
+            f = features.detach()
+            expected = (f - rows[indices]).pow(2).sum(dim=1).mean().item()
+            assert float(out.logs["proximal"]) == pytest.approx(expected, rel=1e-5)
+            assert losses[weight] - losses[0.0] == pytest.approx(weight * expected, rel=1e-5)
+            pull = 2 * weight * (f - rows[indices]) / len(indices)
+            pull = pull - (pull * f).sum(dim=1, keepdim=True) * f  # along the unit sphere
+            assert torch.allclose(grads[weight] - grads[0.0], pull, atol=1e-5)
+        else:
+            assert "proximal" not in out.logs
+    with pytest.raises(ValueError, match="instdisc: proximal_weight must be >= 0"):
+        flat_method(InstDisc, 3, proj_dim=3, num_samples=5, proximal_weight=-1.0)
+
+
+class IdentityOf(nn.Module):
+    """A projector that returns a fixed tensor (so the test can read the gradient on it)."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return self.value
+
+
 # --- 2 ranks: gradients, the bank after each step and the NCE normaliser --------------------------
 
 DIM, PROJ, ROWS = 6, 4, 12
