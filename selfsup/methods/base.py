@@ -466,6 +466,13 @@ def check_positive(method: str, **values: float) -> None:
             raise ValueError(f"{method}: {name} must be > 0, got {value}")
 
 
+def check_non_negative(method: str, **values: float) -> None:
+    """ValueError naming the method and the first of ``values`` that is not >= 0 (nan too)."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"{method}: {name} must be >= 0, got {value}")
+
+
 @torch.no_grad()
 def embedding_std(z: Tensor) -> Tensor:
     """Collapse monitor: per-dimension std of L2-normalised embeddings, times sqrt(D).

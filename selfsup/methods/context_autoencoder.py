@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.methods.autoencoder import AutoencoderMethod
-from selfsup.methods.base import check_positive, register
+from selfsup.methods.base import check_non_negative, check_positive, register
 from selfsup.views.sampling import check_probability, check_range, rand
 
 
@@ -99,8 +99,7 @@ class ContextAutoencoder(AutoencoderMethod):
             raise ValueError(f"context_ae: block_scale must lie in (0, 1], got {block_scale}")
         check_range(block_ratio, "context_ae: block_ratio", minimum=0.0)
         check_positive("context_ae", block_ratio_low=block_ratio[0])
-        if context_weight < 0:
-            raise ValueError(f"context_ae: context_weight must be >= 0, got {context_weight}")
+        check_non_negative("context_ae", context_weight=context_weight)
         super().__init__(backbone, feature_size, **kwargs)
         self.num_blocks = num_blocks
         self.block_p = block_p

@@ -10,7 +10,13 @@ from torch import Tensor, nn
 
 from selfsup.heads import DINOHead
 from selfsup.losses import dino_loss, update_center
-from selfsup.methods.base import LossOutput, check_positive, embedding_std, register
+from selfsup.methods.base import (
+    LossOutput,
+    check_non_negative,
+    check_positive,
+    embedding_std,
+    register,
+)
 from selfsup.methods.momentum import MomentumMethod
 from selfsup.views import NUM_GLOBAL_CROPS
 
@@ -67,8 +73,7 @@ class DINO(MomentumMethod):
             teacher_temp=teacher_temp,
             warmup_teacher_temp=warmup_teacher_temp,
         )
-        if num_local_crops < 0:
-            raise ValueError(f"dino: num_local_crops must be >= 0, got {num_local_crops}")
+        check_non_negative("dino", num_local_crops=num_local_crops)
         super().__init__(backbone, feature_size, **kwargs)
         # out_dim is a prototype count (the softmax's K), not a layer fed by the features: kept
         head_hidden_dim, bottleneck_dim = self.head_sizes(

@@ -7,7 +7,13 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from selfsup.methods.base import LossOutput, Method, embedding_std, register
+from selfsup.methods.base import (
+    LossOutput,
+    Method,
+    check_non_negative,
+    embedding_std,
+    register,
+)
 from selfsup.methods.memory_bank import (
     BankContrast,
     MemoryBank,
@@ -70,8 +76,7 @@ class InstDisc(Method):
         proximal_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        if not proximal_weight >= 0:
-            raise ValueError(f"instdisc: proximal_weight must be >= 0, got {proximal_weight}")
+        check_non_negative("instdisc", proximal_weight=proximal_weight)
         num_samples = check_bank_arguments(
             "instdisc", num_samples, num_negatives=num_negatives, temperature=temperature,
             bank_momentum=bank_momentum, nce_kind=nce_kind,

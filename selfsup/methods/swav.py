@@ -11,7 +11,14 @@ from torch.nn import functional as F
 
 from selfsup.heads import mlp
 from selfsup.losses import prototype_scores, sinkhorn_knopp, swav_loss
-from selfsup.methods.base import LossOutput, Method, check_positive, embedding_std, register
+from selfsup.methods.base import (
+    LossOutput,
+    Method,
+    check_non_negative,
+    check_positive,
+    embedding_std,
+    register,
+)
 from selfsup.methods.dino import DINO
 from selfsup.methods.queue import KeyQueue
 from selfsup.runtime.distributed import local_rows, world_size
@@ -104,14 +111,13 @@ class SwAV(Method):
             sinkhorn_epsilon=sinkhorn_epsilon,
             sinkhorn_iterations=sinkhorn_iterations,
         )
-        for name, value in (
-            ("queue_length", queue_length),
-            ("epoch_queue_starts", epoch_queue_starts),
-            ("freeze_prototypes_epochs", freeze_prototypes_epochs),
-            ("num_local_crops", num_local_crops),
-        ):
-            if value < 0:
-                raise ValueError(f"swav: {name} must be >= 0, got {value}")
+        check_non_negative(
+            "swav",
+            queue_length=queue_length,
+            epoch_queue_starts=epoch_queue_starts,
+            freeze_prototypes_epochs=freeze_prototypes_epochs,
+            num_local_crops=num_local_crops,
+        )
         super().__init__(backbone, feature_size, **kwargs)
         proj_hidden_dim, proj_dim = self.head_sizes(
             proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim

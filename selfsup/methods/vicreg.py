@@ -8,7 +8,14 @@ from torch import Tensor, nn
 
 from selfsup.heads import mlp
 from selfsup.losses import vicreg_terms
-from selfsup.methods.base import LossOutput, Method, check_positive, embedding_std, register
+from selfsup.methods.base import (
+    LossOutput,
+    Method,
+    check_non_negative,
+    check_positive,
+    embedding_std,
+    register,
+)
 
 
 @register("vicreg")
@@ -48,10 +55,10 @@ class VICReg(Method):
         **kwargs: Any,
     ) -> None:
         check_positive("vicreg", gamma=gamma)
-        weights = {"lambda_param": lambda_param, "mu_param": mu_param, "nu_param": nu_param}
-        for name, value in weights.items():
-            if value < 0:  # 0 removes a term, as in the paper's ablations
-                raise ValueError(f"vicreg: {name} must be >= 0, got {value}")
+        # 0 removes a term, as in the paper's ablations
+        check_non_negative(
+            "vicreg", lambda_param=lambda_param, mu_param=mu_param, nu_param=nu_param
+        )
         super().__init__(backbone, feature_size, **kwargs)
         proj_hidden_dim, proj_dim = self.head_sizes(
             proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim

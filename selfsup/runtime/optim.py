@@ -155,10 +155,9 @@ def warmup_cosine(
         p = max((step - warmup_steps) / (total_steps - warmup_steps), (time_progress - c) / (1 - c))
         factor = f + (1 - f) * (1 + cos(pi * p)) / 2.
     When the steps' warm-up ends before c of the budget, the LR holds its peak until then (no
-    warm-up planned: c = 0, the cosine runs on the whole budget). Without
-    the cap a budget shorter than the warm-up's steps (10 minutes that fit 0.8 epoch, with a
-    0.5-epoch warm-up) spent most of the run warming up and then dropped at once to the late
-    part of the cosine, since the cosine ran on elapsed / budget from the start.
+    warm-up planned: c = 0, the cosine runs on the whole budget). The cap keeps a budget that
+    fits fewer steps than the warm-up from spending itself warming up (docs/benchmarks.md,
+    session 16).
     """
     cap = WARMUP_MAX_BUDGET_SHARE if warmup_steps > 0 else 0.0
     if warmup_steps > 0 and step < warmup_steps and time_progress < cap:
