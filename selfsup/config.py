@@ -161,6 +161,9 @@ class PretrainConfig:
     method_kwargs: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
     data: str = "wafers"  # "wafers" (built-in), an image folder, or a .npy/.npz file
     train_split: str = "train"  # for built-in wafers: train, or one of train_1/10/20/29
+    # >= 1: pretrain on a random (seeded) subset of this many training images, e.g. Exemplar's
+    # surrogate classes; the kNN monitor's bank still draws from all of them. None: all
+    train_max_images: int | None = checked(None, at_least(1))
     val_split: str | None = "val"  # labelled split for the kNN monitor; None disables it
     val_data: str | None = None  # other data: a labelled folder/array file for the kNN monitor
     image_size: int = checked(32, at_least(MIN_IMAGE_SIZE))  # >= 8 (see MIN_IMAGE_SIZE)

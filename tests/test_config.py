@@ -75,6 +75,7 @@ OUT_OF_RANGE = [
     ("knn_temperature", 0, "> 0"),
     ("knn_every_n_epochs", 0, ">= 1"),
     ("knn_max_train", 0, ">= 1"),
+    ("train_max_images", 0, ">= 1"),
     ("knn_max_val", -1, ">= 1"),
     ("early_stopping_patience", 0, ">= 1"),
     ("collapse_threshold", -0.01, ">= 0"),

@@ -2,10 +2,12 @@
 gloo ranks (gradients of features and of the instance classifier), a smoke run, the views, the
 class limit and its memory message, image sizes, wafer maps and a user's module."""
 
+import json
 import math
 
 import pytest
 import torch
+import yaml
 from ddp_harness import WORLD, assert_ddp_gradients, run_on_ranks
 from test_instdisc import check_sizes_wafers_and_user_module, flat_method
 
@@ -140,6 +142,24 @@ def test_more_images_than_max_classes_are_refused_with_the_memory_they_take():
         selfsup.build("exemplar", num_samples=8, num_views=0, **build)
     with pytest.raises(ValueError, match=r"exemplar .*indices=idx"):
         allowed(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    assert "--set train_max_images=N" in message  # the way to train on a subset
+
+
+def test_train_max_images_makes_a_subset_the_surrogate_classes(labelled_npz, tmp_path):
+    from test_train import tiny_config
+
+    train, val = labelled_npz  # 96 training images
+    cfg = tiny_config(train, val, tmp_path, method="exemplar", method_kwargs={"proj_dim": 8},
+                      epochs=1, batch_size=8, train_max_images=24)  # fmt: skip
+    method, run = selfsup.pretrain(cfg)
+    assert method.num_samples == 24 and method.classifier.weight.shape == (24, 8)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["train_max_images"] == 24
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert (provenance["train_images"], provenance["train_images_of"]) == (24, 96)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 24 // 8  # one epoch of the subset
+    assert (summary["knn_bank"]["size"], summary["knn_bank"]["of"]) == (96, 96)  # the whole split
 
 
 def test_user_module_any_image_size_and_wafer_maps():

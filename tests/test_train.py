@@ -519,3 +519,17 @@ def test_progress_lines_count_down_a_time_budget():
         "pretrain: step 40, epoch 2 (40/100 batches), loss 1.235, 2:30 elapsed, "
         "~7:30 left of the 10-minute budget"
     )
+
+
+def test_pretraining_subset_is_seeded_sorted_and_all_when_not_smaller():
+    from selfsup.data import ImageDataset
+    from selfsup.train.pretrain import pretraining_subset
+
+    data = ImageDataset(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 8, 8))
+    first = pretraining_subset(data, 4, seed=3)
+    chosen = first.images[:, 0, 0, 0].tolist()
+    assert len(first) == 4 and chosen == sorted(set(chosen))
+    assert pretraining_subset(data, 4, seed=3).images.equal(first.images)  # resume draws it again
+    assert pretraining_subset(data, 4, seed=4).images[:, 0, 0, 0].tolist() != chosen
+    assert pretraining_subset(data, None, seed=3) is data
+    assert pretraining_subset(data, 10, seed=3) is data

@@ -46,7 +46,13 @@ class Exemplar(Method):
     V = 2, B = 256, N = 200,000), and under DDP every step all-reduces the N x D gradient.
     So more than ``max_classes`` (200,000) images are refused with the memory they would take;
     raise it, or train on a subset, as the paper did (at most 32,000 surrogate classes, from
-    STL-10's unlabelled images).
+    STL-10's unlabelled images): ``selfsup pretrain --set train_max_images=N`` draws N of them.
+
+    Surrogate classes and budget: each class is seen once per epoch, so a short run over many
+    images leaves every classifier row near its start (on the 37,348 wafer maps, 3.2 epochs in
+    10 minutes: loss ln N and training accuracy 0 throughout; docs/benchmarks.md). The paper
+    draws N of 50 to 32,000 seed patches and many transformed samples of each;
+    ``train_max_images`` makes the same trade of classes for samples per class.
 
     Views (departure): the paper draws translation, scaling, rotation (+-20 degrees), contrast
     and colour transformations of 32x32 patches; here SimCLR's views (random resized crop =
@@ -86,7 +92,8 @@ class Exemplar(Method):
                 f"max_classes={max_classes:,}: the classifier would hold {num_samples:,} x "
                 f"{width} float32 weights = {size:,.0f} MB, its gradient as much again and "
                 f"the optimizer's state 1-2 times more; pass max_classes={num_samples} to allow "
-                "it, or train on a subset of the images"
+                "it, or train on a subset of the images (selfsup pretrain --set "
+                "train_max_images=N)"
             )
         self.num_samples = num_samples
         self.num_views = num_views

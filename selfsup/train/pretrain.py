@@ -194,7 +194,8 @@ def pretrain(config: Any = None, *, dataset: Any = None, **kwargs: Any) -> tuple
     cfg.val_data = absolute_spec(cfg.val_data) if cfg.val_data else cfg.val_data
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    train = dataset if dataset is not None else _training_data(cfg)
+    all_train = dataset if dataset is not None else _training_data(cfg)
+    train = pretraining_subset(all_train, cfg.train_max_images, cfg.seed)
     world = expected_world_size(cfg)
     if resume_ckpt is None:
         explicit = explicit_keys(config, kwargs)
@@ -202,13 +203,13 @@ def pretrain(config: Any = None, *, dataset: Any = None, **kwargs: Any) -> tuple
         _optimizer_defaults(cfg, explicit)
     steps_per_epoch(cfg, len(train), world)  # before any folder exists
     method, precision, channels_last = prepared_method(cfg, train)
-    bank, queries = _monitor_data(cfg, train)
+    bank, queries = _monitor_data(cfg, all_train)
     fresh = run_dir is None
     if run_dir is None:
         run_dir = new_run_dir(cfg.out, cfg.name, f"{cfg.method}-{cfg.backbone}")
     try:
-        module = _train(cfg, run_dir, resume_ckpt, train, method, bank, queries,
-                        precision, channels_last)  # fmt: skip
+        module = _train(cfg, run_dir, resume_ckpt, train, len(all_train), method, bank,
+                        queries, precision, channels_last)  # fmt: skip
     except BaseException:
         if fresh and is_main_process():
             remove_unstarted_run(run_dir)
@@ -225,18 +226,33 @@ def _training_data(cfg: PretrainConfig) -> ImageDataset:
     )
 
 
+def pretraining_subset(train: ImageDataset, max_images: int | None, seed: int) -> ImageDataset:
+    """``max_images`` of ``train`` drawn at random with ``seed`` (in dataset order), or all of
+    it; a resumed run draws the same subset from its saved config."""
+    if max_images is None or max_images >= len(train):
+        return train
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(train), generator=generator)[:max_images].sort().values
+    log.info("pretraining on a random %d of the %d training images (train_max_images, seed %d)",
+             max_images, len(train), seed)  # fmt: skip
+    return train.subset(chosen)
+
+
 def _train(
     cfg: PretrainConfig,
     run_dir: Path,
     resume_ckpt: Path | None,
     train: Any,
+    all_train_images: int,
     method: Any,
     bank: Any,
     queries: Any,
     precision: str,
     channels_last: bool,
 ) -> PretrainModule:
-    """Set up the trainer and module in ``run_dir``, fit, and finish the run folder."""
+    """Set up the trainer and module in ``run_dir``, fit, and finish the run folder.
+    ``train`` is what the method trains on, ``all_train_images`` the size of the training data
+    it and the kNN bank were drawn from (more than ``len(train)`` under ``train_max_images``)."""
     knn_precision = "bf16-mixed" if precision == "bf16-mixed" else "32-true"
     callbacks, monitor_key = monitor_callbacks(cfg, bank, queries, knn_precision)
     callbacks += checkpoint_callbacks(run_dir / "checkpoints", monitor_key)
@@ -267,10 +283,11 @@ def _train(
             "seed": cfg.seed, "precision": precision, "channels_last": channels_last,
             "cpu_heap_allocations": heap, "world_size": world, "lr_scaled": lr,
             "steps_per_epoch": epoch_steps, "total_steps": total_steps, "train_images": len(train),
+            "train_images_of": all_train_images,
             "method_hyperparameters": method.hyperparameters(),
         })  # fmt: skip
-    summary = _starting_summary(cfg, run_dir, resume_ckpt, method, train, bank, queries,
-                                knn_precision)  # fmt: skip
+    summary = _starting_summary(cfg, run_dir, resume_ckpt, method, all_train_images, bank,
+                                queries, knn_precision)  # fmt: skip
     if "labels" in method.batch_fields and getattr(train, "labels", None) is None:
         log.warning("%s learns from labels, but '%s' has none: each sample is its own class",
                     cfg.method, cfg.data)  # fmt: skip
@@ -291,7 +308,7 @@ def _starting_summary(
     run_dir: Path,
     resume_ckpt: Path | None,
     method: Any,
-    train: Any,
+    all_train_images: int,
     bank: Any,
     queries: Any,
     knn_precision: str,
@@ -307,7 +324,7 @@ def _starting_summary(
             k=cfg.knn_k, temperature=cfg.knn_temperature, precision=knn_precision,
         )  # fmt: skip
     summary["knn_bank"] = {
-        "size": len(bank), "of": len(train), "cap": cfg.knn_max_train, "seed": cfg.seed,
+        "size": len(bank), "of": all_train_images, "cap": cfg.knn_max_train, "seed": cfg.seed,
     }  # fmt: skip
     return summary
 
