@@ -77,13 +77,16 @@ LR = 0.02
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark case: a backbone and how many warm-up / timed steps a run takes."""
+    """One benchmark case: a backbone, how many warm-up / timed steps a run takes, and the
+    batch of images (``image_size`` px RGB) a step trains on."""
 
     label: str
     backbone: str
     warmup: int
     steps: int
     backbone_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    image_size: int = SIZE
+    batch: int = BATCH
 
 
 CASES = {
@@ -91,6 +94,11 @@ CASES = {
     # enough warm-up to drain the workers' prefetched batches: the timed steps then see the
     # steady state of an augmentation-bound loop
     "tiny": Case("convnet_tiny (width 32)", "convnet_tiny", warmup=4, steps=10),
+    # Super-Selfish's default image size with an ImageNet-stem ResNet-18: CPC's patches are
+    # 56 px here (8 px at 32 px), the paper's regime of large patches
+    "resnet18_225": Case(
+        "ResNet-18, 225 px, batch 16", "resnet18", warmup=1, steps=2, image_size=225, batch=16
+    ),
 }
 RECIPES = ("selfsup", "lightly-fp32", "lightly-bf16")
 
@@ -616,12 +624,15 @@ def serve(case_name: str, method: str, recipe: str, args: argparse.Namespace) ->
         if line.strip() != "run":
             break
         if recipe == "selfsup":
-            result = run_selfsup(case, method, warmup, steps, args.device)
+            result = run_selfsup(
+                case, method, warmup, steps, args.device, batch=case.batch, size=case.image_size
+            )
         else:
             bf16 = recipe == "lightly-bf16"
             result = run_lightly(
-                case, method, warmup, steps, args.device, bf16, args.lightly_workers
-            )
+                case, method, warmup, steps, args.device, bf16, args.lightly_workers,
+                batch=case.batch, size=case.image_size,
+            )  # fmt: skip
         print(RESULT + json.dumps(result), flush=True)
 
 
@@ -922,10 +933,11 @@ def main() -> None:
     print()
     print("\n".join(details))
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    cases = [CASES[name] for name in args.cases]
+    inputs = ", ".join(f"{c.label}: batch {c.batch}, {c.image_size} px RGB" for c in cases)
     print(
-        f"\n{', '.join(methods)}; batch {BATCH}, {SIZE} px RGB, {args.runs} interleaved runs "
-        f"per recipe; {started}; load average at start {load_at_start}, at the end {load}; "
-        f"{machine}"
+        f"\n{', '.join(methods)}; {inputs}; {args.runs} interleaved runs per recipe; {started}; "
+        f"load average at start {load_at_start}, at the end {load}; {machine}"
     )
 
 

@@ -317,3 +317,24 @@ def test_feature_map_passes_are_recorded_and_the_backbone_left_as_it_was():
         (method.backbone, "feature_map", (4, 3, SIZE, SIZE), True)
     ]
     assert "feature_map" not in vars(method.backbone)  # the recording wrapper is gone
+
+
+def test_a_case_brings_its_own_image_size_and_batch(monkeypatch, capsys):
+    import argparse
+    import io
+
+    case = throughput.CASES["resnet18_225"]  # CPC's patches at Super-Selfish's default size
+    assert (case.image_size, case.batch, case.backbone) == (225, 16, "resnet18")
+    assert throughput.CASES["tiny"].image_size == throughput.SIZE == 32
+    seen = {}
+
+    def fake_run(case, method, warmup, steps, device, **sizes):
+        seen.update(sizes, method=method)
+        return {"images_per_s": 1.0}
+
+    monkeypatch.setattr(throughput, "run_selfsup", fake_run)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("run\nstop\n"))
+    args = argparse.Namespace(warmup=0, steps=0, device="cpu")
+    throughput.serve("resnet18_225", "cpc", "selfsup", args)
+    assert seen == {"batch": 16, "size": 225, "method": "cpc"}
+    assert capsys.readouterr().out.count(throughput.RESULT) == 2  # ready, then the run
