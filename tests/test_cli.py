@@ -1,6 +1,7 @@
 """CLI end to end on tiny data: pretrain -> eval knn -> export -> embed -> load_backbone."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -341,7 +342,7 @@ def test_eval_knn_and_embed_read_the_run_and_reproduce_the_monitor_bank(tmp_path
     assert main(pretrain_args(train, val, tmp_path, "--set", "knn_max_train=20")) == 0
     run = tmp_path / "cli"
     monitor = json.loads((run / "summary.json").read_text())["knn_history"][-1]["knn3_macro_f1"]
-    capsys.readouterr()
+    assert re.search(r"kNN monitor: \d+ passes, \d+ s of \d+ s training", capsys.readouterr().out)
 
     # no --data: the run's data votes, its val_data asks; the monitor's seeded 20 of 96
     assert main(["eval", "knn", str(run), "--k", "3", "--max-bank", "20", "--seed", "0"]) == 0

@@ -244,3 +244,16 @@ def test_training_end_report_is_the_same_report_without_the_embedding_plots(tmp_
     assert "`selfsup report RUN`" in NOT_EVALUATED
     assert "no trained backbone" not in report  # evaluation was not attempted
     assert not any((run / "plots" / PLOTS[key]).exists() for key in EVALUATION_PLOTS)
+
+
+def test_the_monitor_share_line_counts_passes_and_hints_above_a_third():
+    from selfsup.eval.report import MONITOR_SHARE_HINT, monitor_share_line
+
+    history = [{"epoch": e} for e in range(24)]
+    heavy = {"knn_monitor_seconds": 455.0, "train_seconds": 600.0, "knn_history": history}
+    line = monitor_share_line(heavy, every_n_epochs=1)
+    assert line.startswith("kNN monitor: 24 passes, 455 s of 600 s training (76%)")
+    assert "`--set knn_every_n_epochs=2`" in line
+    light = {**heavy, "knn_monitor_seconds": 600.0 * MONITOR_SHARE_HINT - 1}
+    assert "knn_every_n_epochs" not in monitor_share_line(light, every_n_epochs=1)
+    assert monitor_share_line({"train_seconds": 600.0}, every_n_epochs=1) == ""  # no monitor

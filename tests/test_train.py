@@ -61,6 +61,7 @@ def test_pretrain_writes_self_describing_run_folder(labelled_npz, tmp_path):
     assert summary["steps"] == 2 * (96 // 16)
     assert set(summary["random_init"]) == set(summary["pretrained"])
     assert "knn3_macro_f1" in summary["pretrained"]
+    assert 0 < summary["knn_monitor_seconds"] < summary["train_seconds"]  # the passes' time
     metrics = (run / "metrics.csv").read_text()
     assert (
         "train/loss" in metrics

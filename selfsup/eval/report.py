@@ -56,6 +56,28 @@ CONFIG_KEYS = (
 )  # fmt: skip
 
 
+MONITOR_SHARE_HINT = 0.3  # above this share of the training time, say how to monitor less
+
+
+def monitor_share_line(summary: dict[str, Any], every_n_epochs: int) -> str:
+    """The kNN monitor's passes and their share of the run's training time (a time budget
+    counts them), with how to lower it when it is above ``MONITOR_SHARE_HINT``; "" when the
+    run had no monitor."""
+    seconds = summary.get("knn_monitor_seconds")
+    total = summary.get("train_seconds")
+    if not seconds or not total:
+        return ""
+    passes = len(summary.get("knn_history", []))
+    share = seconds / total
+    line = f"kNN monitor: {passes} passes, {seconds:.0f} s of {total:.0f} s training ({share:.0%})"
+    if share > MONITOR_SHARE_HINT:
+        line += (
+            f"; `--set knn_every_n_epochs={2 * every_n_epochs}` or more leaves training more of "
+            "the time"
+        )
+    return line
+
+
 def knn_comparison_table(summary: dict[str, Any]) -> str:
     """Markdown table of the end-of-run kNN scores (``summary.json``): one row per k, columns
     for random init and pretrained."""

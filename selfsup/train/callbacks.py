@@ -44,6 +44,7 @@ class KNNMonitor(L.Callback):
         self.every_n_epochs = max(1, every_n_epochs)
         self.precision = precision
         self.history: list[dict[str, float]] = []
+        self.seconds = 0.0  # spent in this fit's passes (a time budget counts them)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -65,13 +66,9 @@ class KNNMonitor(L.Callback):
         pl_module.log_dict(logged, sync_dist=False)
         self.history.append({"epoch": epoch, **scores})
         main = knn_metric_key(self.k[0])
-        log.info(
-            "epoch %d: kNN %s = %.4f (%.1f s)",
-            epoch,
-            main,
-            scores[main],
-            time.perf_counter() - start,
-        )
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
+        log.info("epoch %d: kNN %s = %.4f (%.1f s)", epoch, main, scores[main], elapsed)
 
 
 class CollapseMonitor(L.Callback):

@@ -82,6 +82,8 @@ def finish_run(
             summary["pretrained"] = {k: v for k, v in chosen.items() if k != "epoch"}
             summary["pretrained_epoch"] = chosen["epoch"]
             summary["knn_history"] = history
+            # every segment of a resumed run: its summary carries the earlier passes' time
+            summary["knn_monitor_seconds"] = summary.get("knn_monitor_seconds", 0.0) + cb.seconds
         if isinstance(cb, ThroughputMonitor) and cb.last:
             summary["images_per_s"] = cb.last
         if isinstance(cb, CollapseMonitor):
