@@ -240,6 +240,7 @@ def test_training_end_report_is_the_same_report_without_the_embedding_plots(tmp_
     report = write_report(run, evaluation=False).read_text()
     assert "byol with a convnet_tiny backbone" in report and "| k=5 | 0.2500 | 0.5000 |" in report
     assert "| steps | 12 |" in report
+    assert "val kNN k=5 macro-F1: pretrained 0.5000, random init 0.2500 (+0.2500)" in report
     assert report.count(f"_Skipped: {NOT_EVALUATED}._") == len(EVALUATION_PLOTS)
     assert "`selfsup report RUN`" in NOT_EVALUATED
     assert "no trained backbone" not in report  # evaluation was not attempted
@@ -257,3 +258,21 @@ def test_the_monitor_share_line_counts_passes_and_hints_above_a_third():
     light = {**heavy, "knn_monitor_seconds": 600.0 * MONITOR_SHARE_HINT - 1}
     assert "knn_every_n_epochs" not in monitor_share_line(light, every_n_epochs=1)
     assert monitor_share_line({"train_seconds": 600.0}, every_n_epochs=1) == ""  # no monitor
+
+
+def test_a_run_that_gains_nothing_over_random_init_is_flagged():
+    from selfsup.eval.report import NO_GAIN_FLAG, NO_GAIN_MARGIN, knn_gain_line
+
+    def summary(pretrained, random_init):
+        return {
+            "pretrained": {"knn200_macro_f1": 0.9, "knn5_macro_f1": pretrained},
+            "random_init": {"knn200_macro_f1": 0.1, "knn5_macro_f1": random_init},
+        }
+
+    flagged = knn_gain_line(summary(0.646, 0.669))  # session 11's split-brain: k=5 is the key
+    assert flagged.startswith(NO_GAIN_FLAG) and "(-0.0230)" in flagged
+    assert knn_gain_line(summary(0.669 + NO_GAIN_MARGIN / 2, 0.669)).startswith(NO_GAIN_FLAG)
+    gained = knn_gain_line(summary(0.682, 0.459))
+    assert gained == "val kNN k=5 macro-F1: pretrained 0.6820, random init 0.4590 (+0.2230)"
+    assert knn_gain_line({"pretrained": {"knn5_macro_f1": 0.5}}) == ""  # no random init score
+    assert knn_gain_line({}) == ""

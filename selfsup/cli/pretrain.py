@@ -10,7 +10,7 @@ from selfsup.cli.common import FORMATTER, add_trust_arg
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.config import resolve_config
-    from selfsup.eval.report import knn_comparison_table, monitor_share_line
+    from selfsup.eval.report import knn_comparison_table, knn_gain_line, monitor_share_line
     from selfsup.train.pretrain import pretrain
     from selfsup.train.runfolder import read_summary
     from selfsup.train.trainer import is_main_process
@@ -51,6 +51,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"{minutes:.1f} min"
     )
     print(knn_comparison_table(summary))
+    if gain := knn_gain_line(summary):
+        print(gain)
     if share := monitor_share_line(summary, cfg.knn_every_n_epochs):
         print(share)
     bank = summary.get("knn_bank")

@@ -56,6 +56,34 @@ CONFIG_KEYS = (
 )  # fmt: skip
 
 
+NO_GAIN_MARGIN = 0.01  # pretrained kNN macro-F1 within this of random init: no gain, flagged
+NO_GAIN_FLAG = "**NO GAIN OVER RANDOM INIT**"
+
+
+def knn_gain_line(summary: dict[str, Any]) -> str:
+    """One line on the first k's val kNN macro-F1, pretrained against random init, flagging a
+    run that gained less than ``NO_GAIN_MARGIN`` (it learnt nothing the kNN sees); "" without
+    both scores."""
+    pretrained = summary.get("pretrained") or {}
+    random_init = summary.get("random_init") or {}
+    ks = sorted({parsed[0] for key in pretrained if (parsed := parse_knn_metric_key(key))})
+    key = knn_metric_key(ks[0]) if ks else None
+    if key is None or key not in random_init:
+        return ""
+    gain = pretrained[key] - random_init[key]
+    line = (
+        f"val kNN k={ks[0]} macro-F1: pretrained {pretrained[key]:.4f}, random init "
+        f"{random_init[key]:.4f} ({gain:+.4f})"
+    )
+    if gain < NO_GAIN_MARGIN:
+        line = (
+            f"{NO_GAIN_FLAG} ({line}): the backbone at its initial weights "
+            "scores as well; see the training curves, and evaluate it (fine-tuning with few "
+            "labels) before using it"
+        )
+    return line
+
+
 MONITOR_SHARE_HINT = 0.3  # above this share of the training time, say how to monitor less
 
 
@@ -233,6 +261,8 @@ def _report_text(
         if summary
         else "(no summary.json: the end-of-run kNN table is written when training finishes)"
     )
+    if gain := knn_gain_line(summary):
+        lines += ["", gain]
     lines += ["", "## Settings", ""] + _config_table(config, summary) + [""]
     lines += ["## Training", ""]
     for key in TRAINING_PLOTS:

@@ -102,6 +102,9 @@ def finish_run(
         }
     )
     write_summary(run_dir, summary)
-    from selfsup.eval.report import write_report
+    from selfsup.eval.report import NO_GAIN_FLAG, knn_gain_line, write_report
+
+    if (gain := knn_gain_line(summary)).startswith(NO_GAIN_FLAG):
+        log.warning(gain.replace("**", ""))
 
     write_report(run_dir, evaluation=False)
