@@ -56,6 +56,11 @@ CONFIG_KEYS = (
 )  # fmt: skip
 
 
+def scored_ks(scores: dict[str, Any]) -> list[int]:
+    """The k values of the kNN metric keys in ``scores`` (``knn5_macro_f1`` -> 5), ascending."""
+    return sorted({parsed[0] for key in scores if (parsed := parse_knn_metric_key(key))})
+
+
 NO_GAIN_MARGIN = 0.01  # pretrained kNN macro-F1 within this of random init: no gain, flagged
 NO_GAIN_FLAG = "**NO GAIN OVER RANDOM INIT**"
 
@@ -66,7 +71,7 @@ def knn_gain_line(summary: dict[str, Any]) -> str:
     both scores."""
     pretrained = summary.get("pretrained") or {}
     random_init = summary.get("random_init") or {}
-    ks = sorted({parsed[0] for key in pretrained if (parsed := parse_knn_metric_key(key))})
+    ks = scored_ks(pretrained)
     key = knn_metric_key(ks[0]) if ks else None
     if key is None or key not in random_init:
         return ""
@@ -111,7 +116,7 @@ def knn_comparison_table(summary: dict[str, Any]) -> str:
     for random init and pretrained."""
     pretrained = summary.get("pretrained") or {}
     random_init = summary.get("random_init") or {}
-    ks = sorted({parsed[0] for key in pretrained if (parsed := parse_knn_metric_key(key))})
+    ks = scored_ks(pretrained)
     if not ks:
         return "(no labelled validation data: no kNN table)"
     lines = [
