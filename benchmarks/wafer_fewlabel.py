@@ -335,6 +335,14 @@ def all_rows(
     return rows
 
 
+def default_json_name(args: argparse.Namespace) -> str:
+    """The numbers' file name in the run folder when ``--json`` is not given: it names the
+    rows, the label splits and the seed, so the documented pair of commands run side by side
+    on one run (pretrained rows; ``--baselines-only``) write two files, not one twice."""
+    rows = "baselines" if args.baselines_only else "pretrained"
+    return f"wafer_fewlabel-{rows}-{'-'.join(args.splits)}-seed{args.seed}.json"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns {row name: {split: scores}} (also printed and saved)."""
     args = parse_args(argv)
@@ -363,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"({summary.get('epochs_completed')} epochs), evaluation {wall / 60:.1f} min; "
         f"test maps {len(data['test'])}; {machine_line()}"
     )
-    out = Path(args.json or Path(ckpt.parent.parent) / "wafer_fewlabel.json")
+    out = Path(args.json or Path(ckpt.parent.parent) / default_json_name(args))
     out.write_text(json.dumps({"rows": rows, "checkpoint": str(ckpt)}, indent=2))
     print(f"all numbers: {out}")
     return rows

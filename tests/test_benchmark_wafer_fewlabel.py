@@ -85,3 +85,17 @@ def test_splits_choose_the_label_fractions_in_table_order():
         bench.parse_args(["--run", "RUN", "--finetune-ensemble", "0"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--run", "RUN", "--splits", "train_5"])
+
+
+def test_side_by_side_commands_write_their_numbers_to_different_files():
+    bench = load_benchmark("wafer_fewlabel")
+    pretrained = bench.parse_args(["--run", "RUN", "--splits", "train_1", "--seed", "1"])
+    baselines = bench.parse_args(
+        ["--run", "RUN", "--splits", "train_1", "--seed", "1", "--baselines-only"]
+    )
+    assert bench.default_json_name(pretrained) == "wafer_fewlabel-pretrained-train_1-seed1.json"
+    assert bench.default_json_name(baselines) == "wafer_fewlabel-baselines-train_1-seed1.json"
+    every_split = bench.parse_args(["--run", "RUN"])
+    assert bench.default_json_name(every_split) == (
+        "wafer_fewlabel-pretrained-train_1-train_10-train_20-seed0.json"
+    )
