@@ -111,3 +111,47 @@ def test_unlabelled_data_may_not_be_the_test_data(labelled_npz, export):
     with pytest.raises(ValueError, match="FixMatch may only learn from training images"):
         evaluate(export, data=str(train), protocol="finetune", test_data=str(val),
                  semi="fixmatch", unlabeled_data=str(val))  # fmt: skip
+
+
+def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return turns + [t.flip(-1) for t in turns]
+
+
+def test_the_weak_view_is_turns_and_flips_whatever_the_backbone_was_pretrained_on():
+    from selfsup.eval.supervised import fixmatch_with
+    from selfsup.views import make_views
+
+    maps = torch.randint(0, 3, (6, 1, 16, 16), dtype=torch.uint8)
+    pretraining = make_views(
+        "simclr", image_size=16, in_channels=1, style="wafer",
+        regrid_p=1.0, free_rotation_degrees=180.0, crop_scale=(0.2, 0.5), die_flip_p=0.5,
+    )  # fmt: skip
+    semi = fixmatch_with(pretraining, maps)
+    weak = semi.weak(maps, torch.Generator().manual_seed(0))
+    plain = pretraining.preprocess(maps)
+    for i in range(len(maps)):  # every weak view is the map itself, turned and / or mirrored
+        assert any(torch.equal(weak[i], t) for t in _dihedral(plain[i])), i
+    strong = semi.strong(maps, torch.Generator().manual_seed(0))
+    assert strong.shape == weak.shape and not torch.equal(strong, weak)
+
+
+@pytest.mark.parametrize(
+    "name, style, channels, params",
+    [
+        ("dino", "wafer", 1, {}),  # DINO's recipe has no crop_scale: FixMatch used to raise
+        ("simclr", "wafer", 1, {"encoding": "fail_mask"}),
+        ("byol", "natural", 3, {"mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5)}),
+    ],
+)
+def test_fixmatch_views_keep_the_backbones_input(name, style, channels, params):
+    from selfsup.eval.supervised import fixmatch_with
+    from selfsup.views import make_views
+
+    recipe = make_views(name, image_size=16, in_channels=channels, style=style, **params)
+    semi = fixmatch_with(recipe, torch.randint(0, 3, (4, channels, 16, 16), dtype=torch.uint8))
+    for view in (semi.weak, semi.strong):
+        out = view(semi.unlabeled)
+        assert out.shape == recipe.preprocess(semi.unlabeled).shape
+    plain = recipe.plain()
+    assert (plain.encoding, plain.mean, plain.std) == (recipe.encoding, recipe.mean, recipe.std)

@@ -133,8 +133,8 @@ def _finetune_and_test(
 
 
 SEMI_METHODS = ("fixmatch",)
-# FixMatch's (weak, strong) views as parameters of the backbone's evaluation recipe (simclr's):
-# wafers: turns and flips / the pretraining views with die noise, crops and re-gridding;
+# FixMatch's (weak, strong) views as parameters of simclr's plain views of the backbone's input
+# (``ViewRecipe.plain``): wafers: turns and flips / turns, flips, die noise, crops and re-gridding;
 # natural images: flip and a mild crop / SimCLR's crops and colour distortion (the paper's
 # RandAugment is not in selfsup's recipes).
 FIXMATCH_VIEWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -148,12 +148,14 @@ FIXMATCH_VIEWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 def fixmatch_with(recipe: Any, unlabeled: Tensor) -> Any:
     """``FixMatch`` on the ``unlabeled`` uint8 images with the weak and strong views of
-    ``FIXMATCH_VIEWS`` for the style of ``recipe`` (the backbone's evaluation recipe)."""
+    ``FIXMATCH_VIEWS`` for the style of ``recipe``, on simclr's plain views of the same model
+    input (``ViewRecipe.plain``): whatever views the backbone was pretrained on (re-gridding,
+    free rotation, DINO's multi-crop), the weak view stays turns and flips."""
     from selfsup.eval.finetune import FixMatch
 
     weak, strong = FIXMATCH_VIEWS[recipe.style]
-    return FixMatch(unlabeled, recipe.with_params(**weak).single_view,
-                    recipe.with_params(**strong).single_view)  # fmt: skip
+    return FixMatch(unlabeled, recipe.plain(**weak).single_view,
+                    recipe.plain(**strong).single_view)  # fmt: skip
 
 
 def _fixmatch(meta: dict[str, Any], splits: dict[str, ImageDataset]) -> Any:

@@ -188,6 +188,20 @@ class ViewRecipe:
             style=self.style, **{**self.params, **overrides},
         )  # fmt: skip
 
+    def plain(self, **overrides: Any) -> ViewRecipe:
+        """The same model input (size, channels, style, normalisation, wafer encoding) under
+        simclr's single-pipeline views with their defaults, the pretraining views left behind,
+        then ``overrides``: e.g. FixMatch's weak view of a backbone pretrained on re-gridded,
+        freely rotated maps is still only turns and flips."""
+        if self.style == "wafer":
+            input_params: Params = {"encoding": self.encoding}
+        else:
+            input_params = {"mean": self.mean, "std": self.std}
+        return make_views(
+            "simclr", image_size=self.image_size, in_channels=self.in_channels,
+            style=self.style, **{**input_params, **overrides},
+        )  # fmt: skip
+
     def preprocess(self, images: Tensor) -> Tensor:
         """Deterministic evaluation input: to float, resize to ``image_size`` (bilinear with
         antialiasing for natural images, nearest for wafer maps), then the views' final
