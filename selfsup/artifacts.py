@@ -192,20 +192,16 @@ def load_trained(
 def recipe_for(meta: dict[str, Any]) -> Any:
     """The view recipe a trained backbone expects (size, channels, style, normalisation, wafer
     encoding), from its metadata; its ``preprocess`` is the evaluation transform."""
-    from selfsup.views.recipes import make_views
+    from selfsup.views.recipes import evaluation_recipe
 
-    style = meta.get("view_style", "natural")
-    overrides: dict[str, Any] = {}
-    if style == "natural" and meta.get("mean") and meta.get("std"):
-        overrides = {"mean": tuple(meta["mean"]), "std": tuple(meta["std"])}
-    if style == "wafer" and meta.get("wafer_encoding", "codes") != "codes":
-        overrides = {"encoding": meta["wafer_encoding"]}
-    return make_views(
-        "simclr",
+    normalised = bool(meta.get("mean") and meta.get("std"))
+    return evaluation_recipe(
         image_size=meta["image_size"],
         in_channels=meta["in_channels"],
-        style=style,
-        **overrides,
+        style=meta.get("view_style", "natural"),
+        mean=tuple(meta["mean"]) if normalised else None,
+        std=tuple(meta["std"]) if normalised else None,
+        encoding=meta.get("wafer_encoding", "codes"),
     )
 
 

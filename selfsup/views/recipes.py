@@ -189,17 +189,12 @@ class ViewRecipe:
         )  # fmt: skip
 
     def plain(self, **overrides: Any) -> ViewRecipe:
-        """The same model input (size, channels, style, normalisation, wafer encoding) under
-        simclr's single-pipeline views with their defaults, the pretraining views left behind,
-        then ``overrides``: e.g. FixMatch's weak view of a backbone pretrained on re-gridded,
-        freely rotated maps is still only turns and flips."""
-        if self.style == "wafer":
-            input_params: Params = {"encoding": self.encoding}
-        else:
-            input_params = {"mean": self.mean, "std": self.std}
-        return make_views(
-            "simclr", image_size=self.image_size, in_channels=self.in_channels,
-            style=self.style, **{**input_params, **overrides},
+        """``evaluation_recipe`` of this recipe's model input, the pretraining views left
+        behind, then ``overrides``: e.g. FixMatch's weak view of a backbone pretrained on
+        re-gridded, freely rotated maps is still only turns and flips."""
+        return evaluation_recipe(
+            image_size=self.image_size, in_channels=self.in_channels, style=self.style,
+            mean=self.mean, std=self.std, encoding=self.encoding, **overrides,
         )  # fmt: skip
 
     def preprocess(self, images: Tensor) -> Tensor:
@@ -310,6 +305,27 @@ def make_views(
     )
 
 
+def evaluation_recipe(
+    *,
+    image_size: int,
+    in_channels: int,
+    style: str,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    encoding: str = "codes",
+    **overrides: Any,
+) -> ViewRecipe:
+    """A backbone's model input (size, channels, style, natural images' normalisation, wafer
+    encoding) under simclr's single-pipeline views with their defaults, then ``overrides``:
+    its ``preprocess`` is the evaluation transform, its views the plain fine-tuning ones."""
+    wafer = style == "wafer"
+    input_params: Params = {"encoding": encoding} if wafer else {"mean": mean, "std": std}
+    return make_views(
+        "simclr", image_size=image_size, in_channels=in_channels, style=style,
+        **{**input_params, **overrides},
+    )  # fmt: skip
+
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -320,6 +336,7 @@ __all__ = [
     "RecipeParts",
     "ViewRecipe",
     "WaferView",
+    "evaluation_recipe",
     "make_views",
     "recipe_defaults",
     "recipe_function",
